@@ -1,0 +1,61 @@
+"""Every symbol of the theory, defined once, with its assumptions and paper notation.
+
+Notation follows Kunin et al., "The Limiting Dynamics of SGD" (Neural Computation 2023,
+arXiv:2107.09133), as restated in the project's theory notes:
+
+========  ===========  ==========================================================
+symbol    paper        meaning
+========  ===========  ==========================================================
+eta       :math:`\\eta`      learning rate, > 0
+beta      :math:`\\beta`     momentum, in [0, 1) (SymPy cannot encode the upper bound;
+                             derivations that need 1 - beta > 0 use :data:`one_minus_beta`
+                             facts explicitly)
+lam       :math:`\\lambda`   weight decay, >= 0
+S         :math:`S`          batch size, > 0
+sigma2    :math:`\\sigma^2`  noise scale of Assumption 5, Sigma = sigma^2 H, > 0
+rho       :math:`\\rho`      one Hessian eigenvalue, >= 0
+k         :math:`k`          number of SGD steps, >= 0 (discrete time)
+t         :math:`t`          continuous SDE time, t = eta * k, >= 0
+tau       :math:`\\tau`      a continuous lag time, tau = eta * k, >= 0
+a0, b0    :math:`a_0, b_0`   initial position <theta_0 - mu, q> and velocity <v_0, q> of a mode
+n         :math:`n`          number of parameters
+H, Sigma  :math:`H, \\Sigma` Hessian and gradient-noise covariance (n x n matrix symbols)
+========  ===========  ==========================================================
+
+Time units: SDE time is ``t = eta * k`` for step ``k``; see :data:`t_of_k`.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+__all__ = [
+    "eta", "beta", "lam", "S", "sigma2", "rho", "k", "j", "t", "tau", "a0", "b0", "n",
+    "H", "Sigma", "I_n", "h", "t_of_k", "theta", "v",
+]
+
+eta = sp.Symbol("eta", positive=True)
+beta = sp.Symbol("beta", nonnegative=True)
+lam = sp.Symbol("lambda", nonnegative=True)
+S = sp.Symbol("S", positive=True)
+sigma2 = sp.Symbol("sigma^2", positive=True)
+rho = sp.Symbol("rho", nonnegative=True)
+k = sp.Symbol("k", nonnegative=True)
+j = sp.Symbol("j", integer=True, nonnegative=True)
+t = sp.Symbol("t", nonnegative=True)
+tau = sp.Symbol("tau", nonnegative=True)
+a0 = sp.Symbol("a_0", real=True)
+b0 = sp.Symbol("b_0", real=True)
+
+n = sp.Symbol("n", integer=True, positive=True)
+H = sp.MatrixSymbol("H", n, n)
+Sigma = sp.MatrixSymbol("Sigma", n, n)
+I_n = sp.Identity(n)
+theta = sp.MatrixSymbol("theta", n, 1)
+v = sp.MatrixSymbol("v", n, 1)
+
+#: Curvature of one mode including weight decay, h = rho + lambda.
+h = rho + lam
+
+#: Continuous time of step k (the paper's appendix G writes e^{-gamma k}, dropping eta).
+t_of_k = eta * k
