@@ -59,3 +59,41 @@ h = rho + lam
 
 #: Continuous time of step k (the paper's appendix G writes e^{-gamma k}, dropping eta).
 t_of_k = eta * k
+
+# --- added by the derivation modules (additive only) ---------------------------------------
+__all__ += [
+    "b_vec", "mu_vec", "g_theta", "g_batch", "Sigma_theta", "dW", "dt", "xi", "p_ss",
+    "a_mode", "b_mode", "gamma_sym", "omega_sym", "alpha_sym", "h_sym", "epsilon", "x_sym", "y_sym",
+]
+
+#: b = X^T Y / N of linear regression (the gradient is g(theta) = H theta - b).
+b_vec = sp.MatrixSymbol("b", n, 1)
+#: The stationary mean of theta as a symbol; it stands for (H + lambda I)^{-1} b (ousym.linreg.mu).
+mu_vec = sp.MatrixSymbol("mu", n, 1)
+#: The full-batch gradient g(theta) and minibatch gradient g_B(theta) of a general loss,
+#: both evaluated at the current theta (n x 1); the noise covariance Sigma(theta) (n x n).
+g_theta = sp.MatrixSymbol(r"g(\theta)", n, 1)
+g_batch = sp.MatrixSymbol(r"g_{B}(\theta)", n, 1)
+Sigma_theta = sp.MatrixSymbol(r"\Sigma(\theta)", n, n)
+#: Wiener increment of the 2n-dimensional phase-space SDE, and the time step dt.
+dW = sp.MatrixSymbol("dW", 2 * n, 1)
+dt = sp.Symbol("dt", positive=True)
+#: One mode's minibatch-noise sample, xi ~ N(0, sigma^2 rho / S) (theory notes, section 6).
+xi = sp.Symbol("xi", real=True)
+#: The value of a stationary density p_ss at the current point (eq. 11: J_ss = j p_ss).
+p_ss = sp.Symbol("p_{ss}", positive=True)
+#: One mode's phase-space coordinates: position a = <theta - mu, q>, velocity b = <v, q>.
+a_mode = sp.Symbol("a", real=True)
+b_mode = sp.Symbol("b", real=True)
+
+#: Display abbreviations of the oscillator (appendix F.2): gamma, omega, alpha = sqrt|Delta|,
+#: and the mode curvature h = rho + lambda. Derived expressions never contain them; they only
+#: make printed formulas readable and serve as free parameters in regime-limit proofs.
+gamma_sym = sp.Symbol("gamma", positive=True)
+omega_sym = sp.Symbol("omega", positive=True)
+alpha_sym = sp.Symbol("alpha", positive=True)
+h_sym = sp.Symbol("h", positive=True)
+#: Small parameter of the continuum limit (1 - beta = eps x, eta h = eps^2 y, k = s / eps).
+epsilon = sp.Symbol("epsilon", positive=True)
+x_sym = sp.Symbol("x", positive=True)
+y_sym = sp.Symbol("y", positive=True)
