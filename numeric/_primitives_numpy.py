@@ -1,0 +1,37 @@
+"""The NaN-safe primitives (see :mod:`numeric._primitives_common`) for NumPy float arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._primitives_common import Ops, make_primitives
+
+__all__ = [
+    "damped_cosh", "damped_sinhc", "damped_cosh_plus", "damped_cosh_minus",
+    "momentum_power_s", "momentum_power_aa", "momentum_power_vv", "spectral_fraction",
+]
+
+
+def _scatter(out, flat, values):
+    out.reshape(-1)[flat] = values  # out is a fresh contiguous array: reshape is a view
+    return out
+
+
+_OPS = Ops(
+    where=np.where, exp=np.exp, expm1=np.expm1, log=np.log, log1p=np.log1p, sqrt=np.sqrt,
+    cos=np.cos, sin=np.sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
+    pow=np.power, one_like=np.ones_like, broadcast=np.broadcast_arrays,
+    broadcast_to=np.broadcast_to, scatter=_scatter, count=np.count_nonzero,
+    indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: a.reshape(-1)[flat],
+    first_true=lambda m: int(np.argmax(m.reshape(-1))),
+)
+_PRIMITIVES = make_primitives(_OPS)
+
+damped_cosh = _PRIMITIVES["damped_cosh"]
+damped_sinhc = _PRIMITIVES["damped_sinhc"]
+damped_cosh_plus = _PRIMITIVES["damped_cosh_plus"]
+damped_cosh_minus = _PRIMITIVES["damped_cosh_minus"]
+momentum_power_s = _PRIMITIVES["momentum_power_s"]
+momentum_power_aa = _PRIMITIVES["momentum_power_aa"]
+momentum_power_vv = _PRIMITIVES["momentum_power_vv"]
+spectral_fraction = _PRIMITIVES["spectral_fraction"]

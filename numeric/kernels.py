@@ -1,0 +1,269 @@
+r"""Closed-form kernels of the limiting dynamics of SGD (Kunin et al. 2023), NumPy and Torch.
+
+The formulas are generated from the SymPy theory (``ousym``) into ``numeric/_generated/`` and
+evaluated through regime-uniform, NaN-free primitives (``numeric/_primitives_common.py``):
+one expression for over-, under- and critically damped modes, exact at the boundary, with no
+overflow for any number of steps, and finite gradients everywhere in torch.
+
+Conventions shared by every function
+------------------------------------
+* **Backend by input type.** NumPy arrays and Python numbers are computed in float64 and give
+  NumPy results (a ``numpy.float64`` for all-scalar input). Any torch tensor among the
+  arguments selects torch: the result keeps the tensors' (promoted) floating dtype and their
+  device, and is differentiable in every tensor argument.
+* **Broadcasting.** All array arguments broadcast against each other (batch dimensions lead).
+* **Units.** ``k`` is a number of SGD steps (a float is allowed for ``model="sde"``); the
+  continuous time of the SDE is :math:`t = \eta k` inside.
+* **Models.** ``model="sde"`` is the paper's underdamped Langevin theory (eq. 3);
+  ``model="discrete"`` is the exact linear-Gaussian recursion of SGD with momentum on
+  linear regression (THEORY section 6), with ``k`` a whole number of steps.
+* **Hyperparameters** are keyword-only: learning rate ``eta > 0``, momentum
+  ``0 <= beta < 1``, weight decay ``lam >= 0``, batch size ``S > 0``, noise scale
+  ``sigma2 >= 0`` (Assumption 5, :math:`\Sigma = \sigma^2 H`).
+* **Raises** ``ValueError`` (or ``TypeError`` for non-numeric input), naming the argument, the
+  value received and the valid range, for: out-of-range hyperparameters, ``k < 0``, NaN or Inf
+  anywhere, an unknown ``model``, tensors on different devices, shapes that do not broadcast,
+  negative ``rho`` (with how to proceed), non-integer ``k`` for ``model="discrete"``, and, for
+  stationary quantities of ``model="discrete"``, modes beyond the stability edge
+  :math:`\eta(\rho+\lambda) \ge 2(1+\beta)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _validate
+from ._validate import Batch
+
+__all__ = [
+    "damping_ratio",
+    "mean_trajectory",
+    "velocity_correlation",
+    "stationary_variance",
+    "instantaneous_speed",
+    "global_displacement",
+]
+
+#: Extra memory budget of :func:`global_displacement`, in bytes.
+MEMORY_BUDGET_BYTES = 256 * 2**20
+#: Upper estimate of the full-size temporaries per (mode, k) element in one chunk's evaluation
+#: (the lag sum's intermediates, the variance and the product).
+_TEMPORARIES_PER_ELEMENT = 96
+
+
+def _generated(backend: str):
+    return importlib.import_module(f"numeric._generated.{backend}_kernels")
+
+
+def _prepare(arguments: dict[str, Any], *, model: str | None = None,
+             separate: tuple[str, ...] = ()) -> Batch:
+    if model is not None:
+        _validate.check_model(model)
+    batch = _validate.prepare(arguments, separate=separate)
+    _validate.check_hyperparameters(batch, tuple(arguments))
+    if "rho" in arguments:
+        _validate.check_rho(batch)
+    if model == "discrete" and "k" in arguments:
+        _validate.check_whole_steps(batch)
+    return batch
+
+
+def _call(batch: Batch, kernel: str, names: tuple[str, ...]):
+    function = getattr(_generated(batch.backend), kernel)
+    args = [batch[n] for n in names]
+    if batch.backend == "numpy":
+        results = function(*args)
+        return tuple(_numpy_result(r, batch.shape) for r in results)
+    torch = importlib.import_module("torch")
+    return tuple(torch.broadcast_to(r, batch.shape) for r in function(*args))
+
+
+def _numpy_result(value, shape):
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape != tuple(shape):
+        value = np.array(np.broadcast_to(value, shape))  # a writable array, not a view
+    return value[()] if value.ndim == 0 else value
+
+
+def damping_ratio(rho, *, eta, beta, lam=0.0):
+    r"""Damping ratio of each mode, :math:`\zeta = \gamma/\omega = (1-\beta)/\sqrt{2\eta(1+\beta)(\rho+\lambda)}`.
+
+    Appendix F.2 of Kunin et al. 2023: :math:`\zeta > 1` overdamped, :math:`= 1` critical,
+    :math:`< 1` underdamped. Dimensionless. A mode with :math:`\rho + \lambda = 0` has no
+    restoring force and :math:`\zeta = +\infty` (returned as ``inf``, with no warning).
+
+    Shapes: the broadcast shape of ``rho, eta, beta, lam``. Raises as described in the module
+    docstring.
+    """
+    batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam})
+    with np.errstate(divide="ignore"):
+        (zeta,) = _call(batch, "damping_ratio", ("rho", "eta", "beta", "lam"))
+    return zeta
+
+
+def mean_trajectory(rho, k, a0, b0, *, eta, beta, lam=0.0, model="sde"):
+    r"""Mean state of one eigenmode after ``k`` steps: ``(a_k, b_k)``.
+
+    :math:`a = \langle\theta - \mu, q\rangle` and :math:`b = \langle v, q\rangle` for the
+    eigenvector :math:`q` of eigenvalue ``rho`` (eq. 5 and appendix F.2 of Kunin et al. 2023),
+    starting from ``(a0, b0)``:
+
+    * ``"sde"``: :math:`(a_k, b_k) = e^{-A_l \eta k}(a_0, b_0)` with
+      :math:`e^{-A_l t} = e^{-\gamma t}[[c + \gamma s, s], [-\omega^2 s, c - \gamma s]]`,
+      evaluated regime-uniformly (no NaN at critical damping, no overflow for large
+      :math:`\gamma t`);
+    * ``"discrete"``: :math:`(a_k, v_k) = M^k (a_0, v_0)`,
+      :math:`M = [[1 - \eta h, \eta\beta], [-h, \beta]]`, :math:`h = \rho + \lambda`, with
+      :math:`M^k = c_k I + s_k (M - mI)` by Cayley-Hamilton (:math:`m = \mathrm{tr}M/2`;
+      :math:`c_k, s_k` entire in the discriminant; exact and stable for both signs of the
+      eigenvalues, :math:`\beta = 0` included). ``k`` must be whole. Modes beyond the
+      stability edge are allowed here (they grow, and may overflow to ``inf``).
+
+    Shapes: both outputs have the broadcast shape of all arguments.
+    """
+    model = _validate.check_model(model)
+    batch = _prepare({"rho": rho, "k": k, "a0": a0, "b0": b0, "eta": eta, "beta": beta,
+                      "lam": lam}, model=model)
+    names = ("rho", "k", "a0", "b0", "eta", "beta", "lam")
+    if model == "discrete":
+        with np.errstate(over="ignore"):
+            return _call(batch, "discrete_mean_trajectory", names)
+    return _call(batch, "sde_mean_trajectory", names)
+
+
+def velocity_correlation(rho, k, *, eta, beta, lam=0.0, model="sde"):
+    r"""Stationary velocity autocorrelation :math:`C(k)` at a lag of ``k`` steps, :math:`C(0) = 1`.
+
+    :math:`\mathrm{Cov}_{ss}(b_i, b_{i+k}) = \mathrm{Var}_{ss}(b)\,C(k)` (appendix G.2 of
+    Kunin et al. 2023, with the lag time :math:`\tau = \eta k` that G.2's :math:`e^{-\gamma k}`
+    drops):
+
+    * ``"sde"``: :math:`C(k) = [e^{-A_l\eta k}]_{22} = e^{-\gamma\tau}(c - \gamma s)`;
+    * ``"discrete"``: :math:`C(k) = [M^k P]_{vv}/P_{vv}` with :math:`P` the stationary
+      covariance of the recursion (THEORY section 6); ``k`` whole. Raises if a mode is beyond
+      the stability edge (there is no stationary law).
+
+    Shapes: the broadcast shape of all arguments.
+    """
+    model = _validate.check_model(model)
+    batch = _prepare({"rho": rho, "k": k, "eta": eta, "beta": beta, "lam": lam}, model=model)
+    if model == "discrete":
+        _validate.check_stable(batch)
+    (correlation,) = _call(batch, f"{model}_velocity_correlation",
+                           ("rho", "k", "eta", "beta", "lam"))
+    return correlation
+
+
+def _stationary(batch: Batch, model: str):
+    if model == "discrete":
+        _validate.check_stable(batch)
+    return _call(batch, f"{model}_stationary_variance",
+                 ("rho", "eta", "beta", "lam", "S", "sigma2"))
+
+
+def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+    r"""Stationary variances ``(var_a, var_v)`` of a mode's position and velocity.
+
+    * ``"sde"`` (eq. 27 of Kunin et al. 2023):
+      :math:`\mathrm{Var}_{ss}(a) = \eta\sigma^2\rho/(2S(1-\beta)h)`,
+      :math:`\mathrm{Var}_{ss}(v) = \sigma^2\rho/(S(1-\beta^2))`;
+    * ``"discrete"`` (THEORY section 6): both times :math:`2(1+\beta)/(2(1+\beta)-\eta h)`.
+
+    :math:`h = \rho + \lambda`. At :math:`\rho = \lambda = 0` the ratio :math:`\rho/h` takes its
+    :math:`\lambda = 0` value 1. Units: ``var_a`` in squared parameter units, ``var_v`` in
+    squared parameter units per step squared over :math:`\eta^2` (:math:`\delta = \eta v`).
+
+    Shapes: the broadcast shape of all arguments. Raises for ``"discrete"`` if any mode is
+    beyond the stability edge (the message says how many).
+    """
+    model = _validate.check_model(model)
+    batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S,
+                      "sigma2": sigma2}, model=model)
+    return _stationary(batch, model)
+
+
+def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+    r"""Expected squared step length :math:`E\|\delta\|^2 = \eta^2\sum_l \mathrm{Var}_{ss}(v_l)` (eq. 12).
+
+    ``rho`` holds the spectrum in its **last axis**; every argument broadcasts against
+    ``rho`` and the sum runs over the last axis of the broadcast shape (so a grid of learning
+    rates is ``eta=etas[:, None]``). For ``"sde"`` this is
+    :math:`\eta^2\sigma^2\,\mathrm{tr}(H)/(S(1-\beta^2))`; ``"discrete"`` uses the exact
+    stationary variances (THEORY section 6).
+
+    Shapes: the broadcast shape without its last axis. Raises ``ValueError`` if ``rho`` is a
+    scalar, and as :func:`stationary_variance`.
+    """
+    model = _validate.check_model(model)
+    if np.ndim(rho) == 0:
+        raise ValueError("rho must hold a spectrum in its last axis (at least 1-D), but got a "
+                         f"scalar {rho!r}")
+    batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S,
+                      "sigma2": sigma2}, model=model)
+    _, var_v = _stationary(batch, model)
+    eta_b = batch["eta"]
+    speed = eta_b * eta_b * var_v
+    return speed.sum(-1) if batch.backend == "torch" else _numpy_result(speed.sum(-1), batch.shape[:-1])
+
+
+def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+    r"""Expected squared distance travelled in ``k`` steps at stationarity, :math:`E\|\Delta_k\|^2` (eq. 13).
+
+    .. math::
+        E\|\Delta_k\|^2 = \eta^2\sum_l \mathrm{Var}_{ss}(v_l)\Big[k + 2\sum_{j=1}^{k-1}(k-j)\,C_l(j)\Big]
+
+    with :math:`C_l` the velocity autocorrelation of :func:`velocity_correlation` (lag
+    :math:`\tau = \eta j`). The bracket is evaluated in closed form, :math:`O(1)` per
+    (mode, k), by ``numeric._lagsum.lag_weighted_velocity_sum``; ``"discrete"`` is then
+    exactly :math:`\eta^2\sum_{i,j \le k}\mathrm{Cov}(v_i, v_j)` of the SGD recursion.
+
+    ``rho`` is a 1-D spectrum (length ``n``); ``k`` and the hyperparameters broadcast together
+    to a batch shape ``B``; the result has shape ``B``. The spectrum is processed in chunks so
+    that the extra memory stays under about 256 MB for any ``n``.
+
+    Raises as :func:`stationary_variance`, and ``ValueError`` if ``rho`` is not 1-D.
+    """
+    model = _validate.check_model(model)
+    if np.ndim(rho) != 1:
+        raise ValueError(f"rho must be a 1-D spectrum, but got shape {tuple(np.shape(rho))}")
+    batch = _prepare({"rho": rho, "k": k, "eta": eta, "beta": beta, "lam": lam, "S": S,
+                      "sigma2": sigma2}, model=model, separate=("rho",))
+    if model == "discrete":
+        _validate.check_stable(batch, spectrum_apart=True)
+    from ._lagsum import lag_weighted_velocity_sum
+
+    names = ("k", "eta", "beta", "lam", "S", "sigma2")
+    batch_shape = batch.shape
+    spectrum = batch["rho"]
+    modes = spectrum.shape[0]
+    hyper = {n: _expand(batch, batch[n], batch_shape) for n in names}
+    itemsize = 8 if batch.backend == "numpy" else spectrum.element_size()
+    per_mode = itemsize * max(1, math.prod(batch_shape)) * _TEMPORARIES_PER_ELEMENT
+    chunk = max(1, min(modes, MEMORY_BUDGET_BYTES // per_mode))
+    kernel = getattr(_generated(batch.backend), f"{model}_stationary_variance")
+
+    total = None
+    for start in range(0, modes, chunk):
+        rho_chunk = spectrum[start:start + chunk]
+        _, var_v = kernel(rho_chunk, hyper["eta"], hyper["beta"], hyper["lam"], hyper["S"],
+                          hyper["sigma2"])
+        lag_sum = lag_weighted_velocity_sum(rho_chunk, hyper["k"], eta=hyper["eta"],
+                                            beta=hyper["beta"], lam=hyper["lam"], model=model)
+        part = (var_v * lag_sum).sum(-1)
+        total = part if total is None else total + part
+    eta_b = batch["eta"]
+    result = eta_b * eta_b * total if total is not None else 0.0 * hyper["k"][..., 0]
+    if batch.backend == "torch":
+        torch = importlib.import_module("torch")
+        return torch.broadcast_to(result, batch_shape)
+    return _numpy_result(result, batch_shape)
+
+
+def _expand(batch: Batch, value, batch_shape):
+    """Add a trailing mode axis; the value keeps its own (broadcastable) shape, so per-mode
+    work that does not involve ``k`` is done once per mode, not once per (mode, k)."""
+    return value[..., None]

@@ -1,0 +1,251 @@
+"""The public kernel contract: shapes, broadcasting, backends, keyword-only, bad input.
+
+Accuracy against 50-digit references, scipy and gradients live in the other test_kernels_*
+files; here the values are only checked where a shape or a route must agree exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import numeric
+from numeric import kernels
+
+torch = pytest.importorskip("torch")
+
+HYPER = dict(eta=0.05, beta=0.9, lam=1e-3)
+NOISE = dict(S=16.0, sigma2=0.7)
+MODELS = ("sde", "discrete")
+
+
+def _calls(rho, k):
+    """Every public function at (rho, k), with its outputs as a tuple."""
+    return {
+        "damping_ratio": lambda m: (numeric.damping_ratio(rho, **HYPER),),
+        "mean_trajectory": lambda m: numeric.mean_trajectory(rho, k, 1.0, -0.5, **HYPER, model=m),
+        "velocity_correlation": lambda m: (numeric.velocity_correlation(rho, k, **HYPER, model=m),),
+        "stationary_variance": lambda m: numeric.stationary_variance(rho, **HYPER, **NOISE, model=m),
+    }
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_outputs_broadcast_over_all_arguments(model):
+    rho = np.array([1e-6, 0.1, 3.0])[:, None]
+    k = np.array([0.0, 1.0, 7.0, 100.0])
+    for name, call in _calls(rho, k).items():
+        for out in call(model):
+            expected = (3, 4) if name in ("mean_trajectory", "velocity_correlation") else (3, 1)
+            assert isinstance(out, np.ndarray) and out.dtype == np.float64, name
+            assert out.shape == expected, name
+    a, b = numeric.mean_trajectory(1.0, k, np.array([1.0, 2.0])[:, None, None], 0.0,
+                                   eta=np.array([0.01, 0.02, 0.03])[:, None], beta=0.5, model=model)
+    assert a.shape == b.shape == (2, 3, 4)
+
+
+def test_python_floats_give_numpy_float64_scalars():
+    value = numeric.velocity_correlation(1.0, 3, eta=0.1, beta=0.5)
+    assert isinstance(value, np.float64)
+    a, b = numeric.mean_trajectory(1.0, 3, 1.0, 0.0, eta=0.1, beta=0.5)
+    assert isinstance(a, np.float64) and isinstance(b, np.float64)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_inputs_keep_dtype_and_device_and_match_numpy(model, dtype):
+    rho = np.array([1e-4, 0.3, 2.0, 5.0])
+    k = np.array([0.0, 3.0, 10.0, 250.0])
+    for name, call in _calls(rho, k).items():
+        expected = call(model)
+        got = _calls(torch.tensor(rho, dtype=dtype), torch.tensor(k, dtype=dtype))[name](model)
+        for e, g in zip(expected, got):
+            assert isinstance(g, torch.Tensor) and g.dtype == dtype and g.device.type == "cpu"
+            # float64: the two backends run the same operations (agreement to 1e-12);
+            # float32: rounding of the inputs and of every operation, 1e-4 of the scale
+            tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+            scale = np.maximum(np.abs(e), 1.0)
+            assert np.all(np.abs(g.numpy().astype(np.float64) - e) <= tolerance * scale), name
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_stay_on_the_device():
+    rho = torch.tensor([0.1, 1.0], device="cuda")
+    out = numeric.velocity_correlation(rho, 5.0, eta=0.1, beta=0.5)
+    assert out.device.type == "cuda"
+    total = numeric.global_displacement(rho, torch.tensor([1.0, 10.0], device="cuda"),
+                                        eta=0.1, beta=0.5, **NOISE)
+    assert total.device.type == "cuda" and total.shape == (2,)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: numeric.damping_ratio(1.0, 0.1, 0.5),
+    lambda: numeric.velocity_correlation(1.0, 2.0, 0.1, 0.5),
+    lambda: numeric.mean_trajectory(1.0, 2.0, 1.0, 0.0, 0.1, 0.5),
+    lambda: numeric.stationary_variance(1.0, 0.1, 0.5, 0.0, 1.0, 1.0),
+])
+def test_hyperparameters_are_keyword_only(call):
+    with pytest.raises(TypeError):
+        call()
+
+
+@pytest.mark.parametrize("argument, value, fragment", [
+    ("eta", 0.0, "> 0"),
+    ("eta", -1.0, "> 0"),
+    ("beta", 1.0, "[0, 1)"),
+    ("beta", -0.1, "[0, 1)"),
+    ("lam", -1e-3, ">= 0"),
+    ("S", 0.0, "> 0"),
+    ("sigma2", -1.0, ">= 0"),
+    ("k", -1.0, ">= 0"),
+    ("eta", float("nan"), "finite"),
+    ("sigma2", float("inf"), "finite"),
+    ("k", np.array([1.0, np.inf]), "finite"),
+])
+def test_bad_values_name_the_argument_the_value_and_the_range(argument, value, fragment):
+    arguments = dict(rho=np.array([0.5, 1.0]), k=np.array([1.0, 2.0]), eta=0.1, beta=0.5,
+                     lam=0.0, S=8.0, sigma2=1.0)
+    arguments[argument] = value
+    with pytest.raises(ValueError) as error:
+        numeric.global_displacement(arguments.pop("rho"), arguments.pop("k"), **arguments)
+    message = str(error.value)
+    assert message.startswith(argument) and fragment in message
+    shown = np.asarray(value, dtype=float).reshape(-1)
+    assert repr(float(shown[~(np.isfinite(shown) & (shown >= 0))][0] if shown.size > 1 else shown[0])) in message
+
+
+def test_negative_rho_says_how_many_and_how_to_proceed():
+    with pytest.raises(ValueError) as error:
+        numeric.velocity_correlation(np.array([-1e-3, 0.5, -2.0, 1.0]), 1.0, eta=0.1, beta=0.5)
+    message = str(error.value)
+    assert "2 negative of 4" in message and "-2.0" in message
+    assert "clip" in message.lower() and "project" in message
+
+
+@pytest.mark.parametrize("call", [
+    lambda: numeric.stationary_variance(np.array([1.0, 45.0, 60.0]), eta=0.1, beta=0.5, S=1,
+                                        sigma2=1, model="discrete"),
+    lambda: numeric.velocity_correlation(np.array([1.0, 45.0, 60.0]), 3.0, eta=0.1, beta=0.5,
+                                         model="discrete"),
+    lambda: numeric.instantaneous_speed(np.array([1.0, 45.0, 60.0]), eta=0.1, beta=0.5, S=1,
+                                        sigma2=1, model="discrete"),
+    lambda: numeric.global_displacement(np.array([1.0, 45.0, 60.0]), np.array([1.0, 5.0]),
+                                        eta=0.1, beta=0.5, S=1, sigma2=1, model="discrete"),
+])
+def test_discrete_stationary_quantities_refuse_unstable_modes_and_count_them(call):
+    # edge: eta (rho + lam) >= 2 (1 + beta) = 3, i.e. rho >= 30: two of the three modes
+    with pytest.raises(ValueError, match=r"\b2\b.*stability edge"):
+        call()
+
+
+def test_discrete_mean_trajectory_allows_unstable_modes():
+    a, _ = numeric.mean_trajectory(45.0, 3.0, 1.0, 0.0, eta=0.1, beta=0.5, model="discrete")
+    M = np.array([[1 - 4.5, 0.05], [-45.0, 0.5]])
+    assert np.isclose(a, np.linalg.matrix_power(M, 3)[0, 0], rtol=1e-12)
+
+
+def test_discrete_model_needs_whole_steps():
+    with pytest.raises(ValueError, match=r"k must be a whole number.*2\.5"):
+        numeric.velocity_correlation(1.0, np.array([1.0, 2.5]), eta=0.1, beta=0.5, model="discrete")
+    # the SDE model takes continuous k
+    assert np.isfinite(numeric.velocity_correlation(1.0, 2.5, eta=0.1, beta=0.5))
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: numeric.velocity_correlation(1.0, 1.0, eta=0.1, beta=0.5, model="exact"),
+     ValueError, "'exact'"),
+    (lambda: numeric.velocity_correlation(np.ones(3), np.ones(4), eta=0.1, beta=0.5),
+     ValueError, "broadcast"),
+    (lambda: numeric.velocity_correlation("1.0", 1.0, eta=0.1, beta=0.5), TypeError, "rho"),
+    (lambda: numeric.velocity_correlation(1.0, 1.0, eta=0.1 + 0j, beta=0.5), TypeError, "eta"),
+    (lambda: numeric.velocity_correlation(torch.ones(2), torch.ones(2, device="meta"),
+                                          eta=0.1, beta=0.5), ValueError, "device"),
+    (lambda: numeric.instantaneous_speed(1.0, eta=0.1, beta=0.5, **NOISE), ValueError, "last axis"),
+    (lambda: numeric.global_displacement(np.ones((2, 2)), 1.0, eta=0.1, beta=0.5, **NOISE),
+     ValueError, "1-D"),
+])
+def test_other_bad_input(call, error, fragment):
+    with pytest.raises(error, match=None) as caught:
+        call()
+    assert fragment in str(caught.value)
+
+
+def test_damping_ratio_regimes_and_flat_modes():
+    eta, beta = 0.1, 0.5
+    critical = (1 - beta) ** 2 / (2 * eta * (1 + beta))
+    zeta = numeric.damping_ratio(np.array([0.0, critical / 4, critical, 4 * critical]),
+                                 eta=eta, beta=beta)
+    np.testing.assert_allclose(zeta[1:], [2.0, 1.0, 0.5], rtol=1e-14)
+    assert zeta[0] == np.inf
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_mean_trajectory_starts_at_the_initial_state_and_velocity_correlation_at_one(model):
+    rho = np.array([0.0, 1e-8, 0.3, 7.0])
+    a, b = numeric.mean_trajectory(rho, 0.0, 0.25, -3.0, **HYPER, model=model)
+    assert np.all(a == 0.25) and np.all(b == -3.0)
+    assert np.all(numeric.velocity_correlation(rho, 0.0, **HYPER, model=model) == 1.0)
+
+
+def test_sde_mean_trajectory_is_the_matrix_exponential():
+    eta, beta, lam = 0.05, 0.9, 0.0
+    for rho in (1e-3, 0.19, 0.2, 0.21, 30.0):  # over, near-critical (0.2105...), under
+        for k in (1.0, 17.5, 400.0):
+            gamma, omega2 = (1 - beta) / (eta * (1 + beta)), 2 * rho / (eta * (1 + beta))
+            expected = scipy.linalg.expm(-np.array([[0, -1], [omega2, 2 * gamma]]) * eta * k)
+            got = np.array(numeric.mean_trajectory(rho, k, 1.0, 0.0, eta=eta, beta=beta, lam=lam))
+            # expm's own rounding on this 2x2 scale is a few eps times its norm
+            assert np.allclose(got, expected[:, 0], rtol=0, atol=1e-12 * np.abs(expected).max())
+
+
+def test_instantaneous_speed_is_the_trace_formula_and_sums_the_last_axis(rng):
+    spectrum = rng.exponential(size=(3, 50))
+    eta = np.array([0.01, 0.02])[:, None, None]
+    speed = numeric.instantaneous_speed(spectrum, eta=eta, beta=0.9, **NOISE)
+    assert speed.shape == (2, 3)
+    expected = eta[..., 0] ** 2 * NOISE["sigma2"] * spectrum.sum(-1) / (NOISE["S"] * (1 - 0.81))
+    np.testing.assert_allclose(speed, expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_global_displacement_is_the_double_sum_over_lags(model, rng):
+    spectrum = np.concatenate([[0.0], rng.exponential(size=20)])
+    k = np.array([0.0, 1.0, 2.0, 9.0, 40.0])
+    eta, beta = 0.03, 0.8
+    total = numeric.global_displacement(spectrum, k, eta=eta, beta=beta, **NOISE, model=model)
+    _, var_v = numeric.stationary_variance(spectrum, eta=eta, beta=beta, **NOISE, model=model)
+    lags = np.arange(40.0)
+    corr = numeric.velocity_correlation(spectrum[:, None], lags, eta=eta, beta=beta, model=model)
+    for steps, value in zip(k.astype(int), total):
+        weights = steps - lags[1:steps]
+        inner = steps + 2 * (weights * corr[:, 1:steps]).sum(-1)
+        expected = eta**2 * (var_v * inner).sum()
+        # two summation orders of O(k * n) terms: a few hundred eps relative
+        assert abs(value - expected) <= 1e-12 * max(expected, 1e-300)
+
+
+def test_global_displacement_chunks_do_not_change_the_result(monkeypatch, rng):
+    spectrum = rng.exponential(size=1000)
+    k = np.logspace(0, 4, 7)
+    whole = numeric.global_displacement(spectrum, k, eta=0.01, beta=0.9, **NOISE)
+    monkeypatch.setattr(kernels, "MEMORY_BUDGET_BYTES", 1)  # one mode per chunk
+    chunked = numeric.global_displacement(spectrum, k, eta=0.01, beta=0.9, **NOISE)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-13)
+
+
+def test_global_displacement_broadcasts_k_with_the_hyperparameters():
+    k = np.array([1.0, 10.0, 100.0])
+    out = numeric.global_displacement(np.array([0.1, 1.0]), k, eta=np.array([0.01, 0.02])[:, None],
+                                      beta=0.5, **NOISE)
+    assert out.shape == (2, 3)
+    single = numeric.global_displacement(np.array([0.1, 1.0]), 10.0, eta=0.02, beta=0.5, **NOISE)
+    assert out[1, 1] == pytest.approx(single, rel=1e-14)
+
+
+def test_gradients_are_finite_exactly_at_critical_damping():
+    eta, beta = 0.1, 0.5
+    rho = torch.tensor((1 - beta) ** 2 / (2 * eta * (1 + beta)), requires_grad=True)
+    eta_t = torch.tensor(eta, requires_grad=True)
+    c = numeric.velocity_correlation(rho, torch.tensor([0.0, 1.0, 10.0, 1e7]), eta=eta_t, beta=beta)
+    c.sum().backward()
+    assert torch.isfinite(rho.grad) and torch.isfinite(eta_t.grad)
