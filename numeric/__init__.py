@@ -10,9 +10,61 @@ from __future__ import annotations
 __all__: list[str] = []
 
 # --- closed-form kernels (generated from ousym) ---------------------------------------------
+from .kernels import damping_ratio as damping_ratio
+from .kernels import global_displacement as global_displacement
+from .kernels import instantaneous_speed as instantaneous_speed
+from .kernels import mean_trajectory as mean_trajectory
+from .kernels import stationary_variance as stationary_variance
+from .kernels import velocity_correlation as velocity_correlation
+
+__all__ += [
+    "damping_ratio", "mean_trajectory", "velocity_correlation", "stationary_variance",
+    "instantaneous_speed", "global_displacement",
+]
 
 # --- Hessian eigenpairs, trace -------------------------------------------------------------
+from ._hessian import HessianEigenpairs as HessianEigenpairs
+from ._hessian import TraceEstimate as TraceEstimate
+from ._hessian import hessian_eigenpairs as hessian_eigenpairs
+from ._hessian import hessian_vector_product as hessian_vector_product
+from ._hessian import hutchinson_trace as hutchinson_trace
+from ._hessian import linear_regression_eigenpairs as linear_regression_eigenpairs
+from ._hessian import linear_regression_hessian as linear_regression_hessian
+from ._hessian import power_iteration_eigenpairs as power_iteration_eigenpairs
+
+__all__ += [
+    "HessianEigenpairs", "TraceEstimate", "hessian_eigenpairs", "hessian_vector_product",
+    "hutchinson_trace", "linear_regression_eigenpairs", "linear_regression_hessian",
+    "power_iteration_eigenpairs",
+]
 
 # --- trajectory recorder and estimators ----------------------------------------------------
+from ._estimators import PowerLawFit as PowerLawFit
+from ._estimators import autocorrelation as autocorrelation
+from ._estimators import dominant_frequency as dominant_frequency
+from ._estimators import exponent_vs_window as exponent_vs_window
+from ._estimators import fit_power_law as fit_power_law
+from ._estimators import oscillation_frequency as oscillation_frequency
+from ._noise import NoiseFit as NoiseFit
+from ._noise import gradient_noise_projection as gradient_noise_projection
+from ._noise import linear_regression_noise_covariance as linear_regression_noise_covariance
+from ._noise import noise_scale_fit as noise_scale_fit
+from ._recorder import TrajectoryRecorder as TrajectoryRecorder
+from ._recorder import load_trajectory as load_trajectory
+
+__all__ += [
+    "NoiseFit", "PowerLawFit", "TrajectoryRecorder", "autocorrelation", "dominant_frequency",
+    "exponent_vs_window", "fit_power_law", "gradient_noise_projection",
+    "linear_regression_noise_covariance", "load_trajectory", "noise_scale_fit",
+    "oscillation_frequency",
+]
 
 # --- general Ornstein-Uhlenbeck numerics ---------------------------------------------------
+from ._ou import OUDecomposition as OUDecomposition
+from ._ou import ou_decomposition as ou_decomposition
+from ._ou import ou_lag_covariance as ou_lag_covariance
+from ._ou import ou_stationary_covariance as ou_stationary_covariance
+from ._ou import sample_ou as sample_ou
+
+__all__ += ["OUDecomposition", "ou_decomposition", "ou_lag_covariance",
+            "ou_stationary_covariance", "sample_ou"]

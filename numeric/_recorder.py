@@ -1,0 +1,455 @@
+r"""Trajectory recorder for SGD with momentum: displacements, loss and projections, per step.
+
+Conventions (``THEORY.md`` section 1, eq. 1-2 of Kunin et al. 2023):
+
+.. math::
+
+    v_{k+1} = \beta v_k - g_B(\theta_k) - \lambda\theta_k,\qquad
+    \theta_{k+1} = \theta_k + \eta v_{k+1},\qquad v_0 = 0.
+
+PyTorch's ``SGD(momentum=beta, weight_decay=lam, dampening=0)`` keeps the buffer
+:math:`\mathrm{buf}_{k+1} = \beta\,\mathrm{buf}_k + g + \lambda\theta_k` and steps
+:math:`\theta_{k+1} = \theta_k - \eta\,\mathrm{buf}_{k+1}`, so the paper's velocity is
+:math:`v_k = -\mathrm{buf}_k`. Step :math:`k` is the state after the :math:`k`-th call of
+``optimizer.step()``; :math:`\theta_0` is the state when the recorder was created.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["TrajectoryRecorder", "load_trajectory"]
+
+_META = "meta.json"
+_START = "start.pt"
+_CHUNK = re.compile(r"^chunk_(\d{12})\.npz$")
+_FORMAT = 1
+_SCALARS = ("local_displacement_sq", "global_displacement_sq", "loss")
+_PROJECTIONS = ("theta_projection", "velocity_projection")
+
+
+def _atomic_write(path, write):
+    """Write through a temporary file in the same folder, then ``os.replace`` (atomic on POSIX
+    and Windows): a reader sees the old file or the complete new one, never a partial one."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _chunk_files(path):
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(entry for entry in path.iterdir() if _CHUNK.match(entry.name))
+
+
+def load_trajectory(path):
+    r"""Load a recorded trajectory: the chunks in ``path`` concatenated in step order.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``step`` (int64, ``(T,)``); ``local_displacement_sq`` :math:`\|\delta_k\|^2`,
+        ``global_displacement_sq`` :math:`\|\Delta_k\|^2`, ``loss`` (float64, ``(T,)``; NaN
+        where no loss was given); ``theta_projection``
+        :math:`\langle\theta_k - \theta_{\rm ref}, q_l\rangle` and ``velocity_projection``
+        :math:`\langle v_k, q_l\rangle` (float64, ``(T, m)``).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` holds no recording (no ``meta.json``).
+    """
+    path = Path(path)
+    meta_file = path / _META
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no trajectory recording in {str(path)!r} (no {_META})")
+    meta = json.loads(meta_file.read_text())
+    m = int(meta["num_directions"])
+    pieces = {"step": [np.zeros(0, np.int64)]}
+    pieces.update({key: [np.zeros(0)] for key in _SCALARS})
+    pieces.update({key: [np.zeros((0, m))] for key in _PROJECTIONS})
+    for chunk in _chunk_files(path):
+        with np.load(chunk) as data:
+            for key in pieces:
+                pieces[key].append(data[key])
+    return {key: np.concatenate(value) for key, value in pieces.items()}
+
+
+class TrajectoryRecorder:
+    r"""Record an SGD-with-momentum trajectory, every step or every ``every`` steps.
+
+    For each recorded step :math:`k` (after the :math:`k`-th ``optimizer.step()``):
+
+    - ``step`` :math:`k`;
+    - ``local_displacement_sq`` :math:`\|\delta_k\|^2`, :math:`\delta_k = \theta_k -
+      \theta_{k-1}` (eq. 1; equal to :math:`\eta^2\|v_k\|^2` up to rounding);
+    - ``global_displacement_sq`` :math:`\|\Delta_k\|^2`, :math:`\Delta_k = \theta_k -
+      \theta_0` with :math:`\theta_0` the parameters when the recording started (eq. 1);
+    - ``loss``: the value passed to :meth:`record` (NaN if none), typically the minibatch
+      loss of the forward pass of step :math:`k`, i.e. evaluated at :math:`\theta_{k-1}`;
+    - ``theta_projection`` :math:`\langle \theta_k - \theta_{\rm ref}, q_l\rangle` and
+      ``velocity_projection`` :math:`\langle v_k, q_l\rangle` for the rows :math:`q_l` of
+      ``directions``, with the paper's velocity :math:`v_k = -\mathrm{buf}_k` (the negated
+      PyTorch momentum buffer, ``THEORY.md`` section 1). For a parameter group with
+      ``momentum=0`` PyTorch keeps no buffer and :math:`v_k = \delta_k / \eta` is used.
+
+    Parameters are flattened in the order of ``optimizer.param_groups`` (groups in order,
+    parameters in order within a group); for an optimizer built from ``model.parameters()``
+    this is the order of ``model.parameters()`` (the order of
+    :func:`numeric.hessian_eigenpairs`' eigenvectors).
+
+    Values are computed on the parameters' device in their dtype (the projections of
+    ``projection_block`` steps as one ``(2 j, P) x (P, m)`` product) and kept there in float64
+    buffers of ``chunk_size`` rows; the host sees them only when a chunk is flushed, so
+    recording does not synchronise a CUDA device every step.
+
+    Files: with ``path`` (a directory, created if needed) each full chunk is written as
+    ``chunk_<first step>.npz`` atomically (temporary file, ``os.replace``), next to
+    ``meta.json`` and ``start.pt`` (:math:`\theta_0`). A killed run loses at most the chunk in
+    progress. A new recorder on the same ``path`` *resumes*: it reloads :math:`\theta_0`,
+    continues the step count from the last step on disk (:attr:`step`) and appends; the caller
+    restores the model and optimizer to that step (e.g. checkpoint when :meth:`flush` is
+    called or every ``chunk_size * every`` steps). :func:`load_trajectory` reads the whole
+    record back.
+
+    Parameters
+    ----------
+    optimizer:
+        ``torch.optim.SGD`` with ``dampening=0``, ``nesterov=False``, ``maximize=False`` and
+        ``momentum`` in [0, 1) (any ``weight_decay``, any learning rate).
+    directions:
+        ``(m, num_params)`` tensor (or array), e.g. Hessian eigenvectors; ``None`` records no
+        projections (``m = 0``). Moved to the parameters' device and dtype.
+    reference:
+        :math:`\theta_{\rm ref}`: a ``(num_params,)`` tensor, or a sequence of tensors shaped
+        like the parameters; default :math:`\theta_0`.
+    every:
+        record steps that are multiples of ``every`` (>= 1).
+    path:
+        directory for the chunk files, or ``None`` to keep the record in memory only
+        (:meth:`trajectory`).
+    chunk_size:
+        rows per chunk (>= 1).
+    projection_block:
+        recorded steps whose projections are computed together, as one matrix product
+        (>= 1; default ``max(1, m // 4)``). Each block holds ``2 * projection_block`` vectors
+        of the model's size (at most half the memory of ``directions`` by default) and reads
+        ``directions`` once, which is what makes per-step projections cheap for large models.
+
+    Raises
+    ------
+    TypeError
+        ``optimizer`` is not ``torch.optim.SGD``.
+    ValueError
+        an unsupported SGD option (named, with its value), parameters on several devices or
+        dtypes, ``directions`` or ``reference`` of the wrong shape, ``every``/``chunk_size``/
+        ``projection_block`` < 1, or a ``path`` recorded with other settings (named).
+    """
+
+    def __init__(self, optimizer, *, directions=None, reference=None, every=1, path=None,
+                 chunk_size=1024, projection_block=None):
+        self._optimizer = optimizer
+        self._params = self._check_optimizer(optimizer)
+        first = self._params[0]
+        self._device, self._dtype = first.device, first.dtype
+        sizes = [p.numel() for p in self._params]
+        self.num_params = int(sum(sizes))
+        self._slices = []
+        offset = 0
+        for group in optimizer.param_groups:
+            begin = offset
+            offset += sum(p.numel() for p in group["params"])
+            self._slices.append((group, slice(begin, offset)))
+        self.every = self._check_count(every, "every")
+        self.chunk_size = self._check_count(chunk_size, "chunk_size")
+
+        self._directions = self._check_directions(directions)
+        self.num_directions = 0 if self._directions is None else self._directions.shape[0]
+        self._path = None if path is None else Path(path)
+        self._step = 0
+        start = None
+        if self._path is not None:
+            start = self._open_directory()
+        self._start = self._flat_parameters() if start is None else start
+        if self._path is not None and not (self._path / _START).exists():
+            _atomic_write(self._path / _START,
+                          lambda stream: torch.save(self._start.detach().cpu(), stream))
+        self._reference = self._check_reference(reference)
+
+        factory = {"device": self._device, "dtype": self._dtype}
+        self._current = torch.empty(self.num_params, **factory)
+        self._work = torch.empty(self.num_params, **factory)
+        self._previous = None
+        if (self._step + 1) % self.every == 0:
+            self._previous = self._flat_parameters()
+        if projection_block is None:
+            projection_block = max(1, self.num_directions // 4)
+        self.projection_block = self._check_count(projection_block, "projection_block")
+        self._pending = (torch.empty(2 * self.projection_block, self.num_params, **factory)
+                         if self.num_directions else None)
+        self._pending_rows = []
+        rows = {"device": self._device, "dtype": torch.float64}
+        self._scalars = torch.full((self.chunk_size, 3), math.nan, **rows)
+        self._projections = torch.zeros((self.chunk_size, 2, self.num_directions), **rows)
+        self._steps = []
+        self._host = []
+        self._closed = False
+
+    # ---- validation ---------------------------------------------------------------------
+
+    @staticmethod
+    def _check_optimizer(optimizer):
+        if not isinstance(optimizer, torch.optim.SGD):
+            raise TypeError(f"optimizer must be torch.optim.SGD, but got "
+                            f"{type(optimizer).__name__}")
+        params = []
+        for index, group in enumerate(optimizer.param_groups):
+            momentum = group.get("momentum", 0.0)
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"param group {index}: momentum must be in [0, 1), but got "
+                                 f"{momentum}")
+            for option, allowed in (("dampening", 0), ("nesterov", False), ("maximize", False)):
+                if group.get(option, allowed) != allowed:
+                    raise ValueError(f"param group {index}: {option}={group[option]!r} is not "
+                                     f"supported; the recorder follows the paper's update "
+                                     f"(eq. 2), which needs {option}={allowed!r}")
+            params.extend(group["params"])
+        if not params:
+            raise ValueError("optimizer has no parameters")
+        kinds = {(p.device, p.dtype) for p in params}
+        if len(kinds) != 1:
+            raise ValueError(f"all parameters must share one device and dtype, but got "
+                             f"{sorted(str(k) for k in kinds)}")
+        return params
+
+    @staticmethod
+    def _check_count(value, name):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an integer, but got {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, but got {value}")
+        return int(value)
+
+    def _check_directions(self, directions):
+        if directions is None:
+            return None
+        directions = torch.as_tensor(directions)
+        if directions.ndim != 2 or directions.shape[1] != self.num_params:
+            raise ValueError(f"directions must have shape (m, {self.num_params}) (the "
+                             f"optimizer's number of parameters), but got shape "
+                             f"{tuple(directions.shape)}")
+        if directions.shape[0] == 0:
+            return None
+        return directions.detach().to(device=self._device, dtype=self._dtype).contiguous()
+
+    def _check_reference(self, reference):
+        if reference is None:
+            return self._start
+        if isinstance(reference, (list, tuple)):
+            shapes = [tuple(p.shape) for p in self._params]
+            got = [tuple(torch.as_tensor(r).shape) for r in reference]
+            if got != shapes:
+                raise ValueError(f"reference must be shaped like the parameters {shapes}, but "
+                                 f"got {got}")
+            reference = torch.cat([torch.as_tensor(r).reshape(-1).to(self._device)
+                                   for r in reference])
+        reference = torch.as_tensor(reference)
+        if reference.shape != (self.num_params,):
+            raise ValueError(f"reference must have shape ({self.num_params},), but got shape "
+                             f"{tuple(reference.shape)}")
+        return reference.detach().to(device=self._device, dtype=self._dtype).clone()
+
+    def _open_directory(self):
+        """Create or resume the directory; returns theta_0 when resuming, else None."""
+        self._path.mkdir(parents=True, exist_ok=True)
+        for leftover in self._path.glob(".*.tmp"):
+            leftover.unlink()  # a temporary file of a killed write: never a complete chunk
+        meta = {"format": _FORMAT, "num_params": self.num_params,
+                "num_directions": self.num_directions, "every": self.every,
+                "dtype": str(self._dtype)}
+        meta_file = self._path / _META
+        if not meta_file.exists():
+            _atomic_write(meta_file, lambda stream: stream.write(json.dumps(meta).encode()))
+            return None
+        stored = json.loads(meta_file.read_text())
+        for key in ("format", "num_params", "num_directions", "every"):
+            if stored.get(key) != meta[key]:
+                raise ValueError(f"path {str(self._path)!r} holds a recording with {key}="
+                                 f"{stored.get(key)!r}, but this recorder has {key}="
+                                 f"{meta[key]!r}; use a new path or the same settings")
+        chunks = _chunk_files(self._path)
+        if chunks:
+            with np.load(chunks[-1]) as data:
+                self._step = int(data["step"][-1])
+        start_file = self._path / _START
+        if not start_file.exists():
+            return None
+        start = torch.load(start_file, weights_only=True)
+        return start.to(device=self._device, dtype=self._dtype)
+
+    # ---- recording ----------------------------------------------------------------------
+
+    @property
+    def step(self):
+        """The step count: the number of ``optimizer.step()`` calls recorded for so far
+        (resumed from disk when ``path`` held a recording)."""
+        return self._step
+
+    def _flat_parameters(self, out=None):
+        flat = [p.detach().reshape(-1) for p in self._params]
+        if out is None:
+            return torch.cat(flat)
+        return torch.cat(flat, out=out)
+
+    def _momentum_buffer(self, p):
+        buffer = self._optimizer.state.get(p, {}).get("momentum_buffer")
+        # no buffer: the parameter has had no gradient yet, so it has not moved (v = 0)
+        return torch.zeros_like(p).reshape(-1) if buffer is None else buffer.reshape(-1)
+
+    def _negated_velocity(self, out, current, previous):
+        """Write buf_k = -v_k into ``out``; a momentum-free group has no buffer and uses
+        -v_k = -(theta_k - theta_{k-1}) / lr."""
+        if all(group.get("momentum", 0.0) != 0.0 for group, _ in self._slices):
+            torch.cat([self._momentum_buffer(p) for p in self._params], out=out)
+            return
+        for group, span in self._slices:
+            if group.get("momentum", 0.0) == 0.0:
+                torch.sub(previous[span], current[span], out=out[span])
+                out[span].div_(group["lr"])
+            elif span.stop > span.start:
+                torch.cat([self._momentum_buffer(p) for p in group["params"]], out=out[span])
+
+    @torch.no_grad()
+    def record(self, loss=None):
+        """Account for one ``optimizer.step()``; store the step's values if it is recorded.
+
+        Call once after every ``optimizer.step()``. ``loss`` is a float, a 0-d tensor (kept
+        on its device, no synchronisation) or ``None`` (stored as NaN).
+        """
+        if self._closed:
+            raise ValueError("record() called on a closed TrajectoryRecorder")
+        self._step += 1
+        k = self._step
+        if k % self.every == 0:
+            if self._previous is None:  # cannot happen: the step before was captured
+                raise RuntimeError("internal error: theta_{k-1} was not captured")
+            current = self._flat_parameters(out=self._current)
+            row = len(self._steps)
+            torch.sub(current, self._previous, out=self._work)
+            self._scalars[row, 0] = torch.dot(self._work, self._work)
+            torch.sub(current, self._start, out=self._work)
+            self._scalars[row, 1] = torch.dot(self._work, self._work)
+            if loss is None:
+                self._scalars[row, 2] = math.nan
+            elif isinstance(loss, torch.Tensor):
+                self._scalars[row, 2] = loss.detach().reshape(())
+            else:
+                self._scalars[row, 2] = float(loss)
+            if self._pending is not None:
+                slot = 2 * len(self._pending_rows)
+                torch.sub(current, self._reference, out=self._pending[slot])
+                self._negated_velocity(self._pending[slot + 1], current, self._previous)
+                self._pending_rows.append(row)
+                if len(self._pending_rows) == self.projection_block:
+                    self._project_pending()
+            self._steps.append(k)
+            if (k + 1) % self.every == 0:
+                # the next step is recorded too: this theta_k is its theta_{k-1}
+                self._previous, self._current = current, self._previous
+            if len(self._steps) == self.chunk_size:
+                self.flush()
+        elif (k + 1) % self.every == 0:
+            if self._previous is None:
+                self._previous = torch.empty_like(self._current)
+            self._flat_parameters(out=self._previous)
+
+    def _project_pending(self):
+        """One (2 j, P) x (P, m) product for the j steps held back: the directions, the
+        largest operand, are read once per block instead of once per step."""
+        if not self._pending_rows:
+            return
+        count = len(self._pending_rows)
+        first = self._pending_rows[0]
+        projected = torch.mm(self._pending[: 2 * count], self._directions.T)
+        projected = projected.view(count, 2, self.num_directions)
+        projected[:, 1].neg_()  # the buffer holds -v
+        self._projections[first:first + count] = projected
+        self._pending_rows = []
+
+    def flush(self):
+        """Move the rows recorded so far to the host and, with ``path``, write them as one
+        chunk file (atomically). A no-op when nothing is pending."""
+        self._project_pending()
+        count = len(self._steps)
+        if count == 0:
+            return
+        scalars = self._scalars[:count].cpu().numpy()
+        projections = self._projections[:count].cpu().numpy()
+        chunk = {"step": np.asarray(self._steps, dtype=np.int64)}
+        for column, key in enumerate(_SCALARS):
+            chunk[key] = scalars[:, column].copy()
+        chunk["theta_projection"] = projections[:, 0, :].copy()
+        chunk["velocity_projection"] = projections[:, 1, :].copy()
+        if self._path is not None:
+            name = f"chunk_{chunk['step'][0]:012d}.npz"
+            _atomic_write(self._path / name, lambda stream: np.savez(stream, **chunk))
+        self._host.append(chunk)
+        self._steps = []
+        self._scalars.fill_(math.nan)
+
+    def trajectory(self):
+        """The rows recorded by this recorder (flushed and pending), as
+        :func:`load_trajectory` returns them; without ``path`` this is the whole record."""
+        self._project_pending()
+        pending = len(self._steps)
+        parts = list(self._host)
+        if pending:
+            scalars = self._scalars[:pending].cpu().numpy()
+            projections = self._projections[:pending].cpu().numpy()
+            part = {"step": np.asarray(self._steps, dtype=np.int64)}
+            part.update({key: scalars[:, i] for i, key in enumerate(_SCALARS)})
+            part["theta_projection"] = projections[:, 0, :]
+            part["velocity_projection"] = projections[:, 1, :]
+            parts.append(part)
+        out = {"step": np.zeros(0, np.int64)}
+        out.update({key: np.zeros(0) for key in _SCALARS})
+        out.update({key: np.zeros((0, self.num_directions)) for key in _PROJECTIONS})
+        for key in out:
+            out[key] = np.concatenate([out[key]] + [part[key] for part in parts])
+        return out
+
+    def close(self):
+        """Flush the pending rows and stop recording (idempotent)."""
+        if not self._closed:
+            self.flush()
+            self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        # On an exception the pending rows are dropped, as a killed run would drop them, so the
+        # files always end at a chunk boundary the caller can resume from.
+        if exc_type is None:
+            self.close()
+        else:
+            self._closed = True
+        return False

@@ -1,0 +1,145 @@
+"""Gradient-noise covariance: exact linear-regression formula and torch.func projection against
+per-sample autograd loops, and the sigma^2 fit on data built so that Sigma = sigma^2 H."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from numeric import (gradient_noise_projection, linear_regression_noise_covariance,
+                     noise_scale_fit)
+
+
+def per_sample_gradients_by_autograd(X, Y, theta):
+    """g_i of l_i = ||y_i - theta^T x_i||^2 / 2 by autograd, one sample at a time."""
+    grads = []
+    for x, y in zip(torch.as_tensor(X), torch.as_tensor(Y)):
+        t = torch.tensor(theta, requires_grad=True)
+        loss = 0.5 * ((y - x @ t) ** 2).sum()
+        (g,) = torch.autograd.grad(loss, t)
+        grads.append(g.reshape(-1).numpy())
+    return np.array(grads)
+
+
+@pytest.mark.parametrize("outputs", [None, 3])
+def test_linear_regression_covariance_vs_loop(rng, outputs):
+    N, d = 40, 5
+    X = rng.standard_normal((N, d))
+    shape = (d,) if outputs is None else (d, outputs)
+    theta = rng.standard_normal(shape)
+    Y = rng.standard_normal((N,) + shape[1:])
+    G = per_sample_gradients_by_autograd(X, Y, theta)
+    expected = np.zeros((G.shape[1], G.shape[1]))
+    g = G.mean(axis=0)
+    for gi in G:
+        expected += np.outer(gi - g, gi - g) / N
+    np.testing.assert_allclose(linear_regression_noise_covariance(X, Y, theta), expected,
+                               rtol=1e-12, atol=1e-14 * np.abs(expected).max())
+
+
+class SmallNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6),
+                                          torch.nn.Tanh(), torch.nn.Dropout(0.5),
+                                          torch.nn.Linear(6, 3))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_projection_vs_per_sample_loop_eval_mode(rng):
+    model = SmallNet()
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics, so eval mode matters
+        model.layers[1].running_mean.uniform_(-1, 1)
+        model.layers[1].running_var.uniform_(0.5, 2)
+    inputs = torch.randn(23, 4)
+    targets = torch.randint(0, 3, (23,))
+    loss_fn = torch.nn.functional.cross_entropy
+    params = list(model.parameters())
+    P = sum(p.numel() for p in params)
+    V = torch.linalg.qr(torch.randn(P, 5)).Q.T  # 5 orthonormal directions
+    result = gradient_noise_projection(model, loss_fn, inputs, targets, V, chunk_size=7)
+    assert model.training and all(m.training for m in model.modules())  # restored
+
+    model.eval()
+    projections = []
+    for x, y in zip(inputs, targets):
+        grads = torch.autograd.grad(loss_fn(model(x[None]), y[None]), params)
+        projections.append((V @ torch.cat([g.reshape(-1) for g in grads])).numpy())
+    projections = np.array(projections)
+    centred = projections - projections.mean(axis=0)
+    expected = centred.T @ centred / len(projections)
+    np.testing.assert_allclose(result, expected, rtol=1e-10, atol=1e-14 * np.abs(expected).max())
+
+
+def test_projection_of_linear_model_matches_exact_formula(rng):
+    N, d = 50, 6
+    X = rng.standard_normal((N, d))
+    Y = rng.standard_normal(N)
+    model = torch.nn.Linear(d, 1, bias=False)
+    theta = model.weight.detach().numpy()[0]
+    V = np.linalg.qr(rng.standard_normal((d, 3)))[0].T
+    loss_fn = lambda out, y: 0.5 * ((out[:, 0] - y) ** 2).mean()  # noqa: E731
+    result = gradient_noise_projection(model, loss_fn, torch.as_tensor(X), torch.as_tensor(Y),
+                                       torch.as_tensor(V))
+    sigma = linear_regression_noise_covariance(X, Y, theta)
+    np.testing.assert_allclose(result, V @ sigma @ V.T, rtol=1e-10, atol=1e-15)
+
+
+def data_with_sigma_equal_sigma2_h(rng, N, d, sigma2):
+    """Each input appears twice, with residuals +sigma and -sigma at theta: then g = 0 and
+    Sigma = (1/N) sum x x^T sigma^2 = sigma^2 H exactly."""
+    half = rng.standard_normal((N // 2, d)) * rng.uniform(0.2, 3.0, d)
+    X = np.concatenate([half, half])
+    theta = rng.standard_normal(d)
+    signs = np.concatenate([np.ones(N // 2), -np.ones(N // 2)])
+    Y = X @ theta + np.sqrt(sigma2) * signs
+    return X, Y, theta
+
+
+def test_sigma2_fit_recovers_sigma2_exactly(rng):
+    sigma2 = 0.37
+    X, Y, theta = data_with_sigma_equal_sigma2_h(rng, 200, 6, sigma2)
+    H = X.T @ X / len(X)
+    rho, Q = np.linalg.eigh(H)
+    rho, Q = rho[::-1][:4], Q[:, ::-1][:, :4]
+    sigma = linear_regression_noise_covariance(X, Y, theta)
+    fit = noise_scale_fit(sigma, rho, Q.T)
+    assert fit.sigma2 == pytest.approx(sigma2, rel=1e-12)
+    assert fit.relative_mismatch < 1e-12
+    assert fit.off_diagonal_fraction < 1e-12
+    np.testing.assert_allclose(fit.diagonal_ratios, sigma2, rtol=1e-12)
+    # the projected form gives the same fit
+    again = noise_scale_fit(Q.T @ sigma @ Q, torch.tensor(rho.copy()))
+    assert again.sigma2 == pytest.approx(sigma2, rel=1e-12)
+
+
+def test_sigma2_fit_mismatch_measures_departure():
+    rho = np.array([4.0, 2.0, 1.0])
+    # diagonal sigma^2 rho with s = 0.5, plus symmetric off-diagonal mass that does not move
+    # the least-squares sigma^2 (it only reads the diagonal)
+    off = np.array([[0.0, 0.3, 0.0], [0.3, 0.0, -0.1], [0.0, -0.1, 0.0]])
+    projected = np.diag(0.5 * rho) + off
+    fit = noise_scale_fit(projected, rho)
+    assert fit.sigma2 == pytest.approx(0.5, rel=1e-14)
+    norm = np.linalg.norm(projected)
+    assert fit.relative_mismatch == pytest.approx(np.linalg.norm(off) / norm, rel=1e-12)
+    assert fit.off_diagonal_fraction == pytest.approx(np.linalg.norm(off) / norm, rel=1e-12)
+    # a diagonal that is not proportional to rho: Sigma = diag(1, 1, 1) against rho
+    fit = noise_scale_fit(np.eye(3), rho)
+    assert fit.sigma2 == pytest.approx(7.0 / 21.0, rel=1e-14)
+    assert fit.relative_mismatch == pytest.approx(
+        np.linalg.norm(np.eye(3) - (7.0 / 21.0) * np.diag(rho)) / np.sqrt(3), rel=1e-12)
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="theta must have shape"):
+        linear_regression_noise_covariance(np.ones((3, 2)), np.ones(3), np.ones(4))
+    with pytest.raises(ValueError, match="projected covariance"):
+        noise_scale_fit(np.eye(3), np.ones(2))
+    with pytest.raises(ValueError, match="eigenvectors must have shape"):
+        gradient_noise_projection(torch.nn.Linear(2, 1), torch.nn.functional.mse_loss,
+                                  torch.ones(3, 2), torch.ones(3, 1), torch.ones(2, 5))

@@ -1,0 +1,243 @@
+"""Trajectory recorder against a hand-written SGD-with-momentum loop (THEORY.md section 1),
+and its chunked, atomic, resumable files."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from numeric import TrajectoryRecorder, load_trajectory
+
+
+def make_problem(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    batches = [(torch.randn(8, 3, generator=generator), torch.randn(8, 2, generator=generator))
+               for _ in range(4)]
+    return model, batches
+
+
+def loss_of(model, batch):
+    inputs, targets = batch
+    return ((model(inputs) - targets) ** 2).mean()
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def hand_written_run(model, batches, steps, groups, directions, reference):
+    """Eq. 2 written out: v <- beta v - g - lam theta; theta <- theta + eta v (v_0 = 0), per
+    group (eta, beta, lam); returns the recorded quantities at every step."""
+    names = [name for name, _ in model.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    velocity = [torch.zeros_like(p) for p in params]
+    start = flat(params).detach().clone()
+    rows = []
+    for k in range(1, steps + 1):
+        inputs, targets = batches[(k - 1) % len(batches)]
+        outputs = torch.func.functional_call(model, dict(zip(names, params)), (inputs,))
+        loss = ((outputs - targets) ** 2).mean()
+        grads = torch.autograd.grad(loss, params)
+        previous = flat(params).detach().clone()
+        new_params = []
+        for index, (p, g) in enumerate(zip(params, grads)):
+            eta, beta, lam = groups[index]
+            velocity[index] = beta * velocity[index] - g - lam * p.detach()
+            new_params.append((p.detach() + eta * velocity[index]).requires_grad_(True))
+        params = new_params
+        theta = flat(params).detach()
+        v = flat(velocity)
+        rows.append({"step": k, "local_displacement_sq": float(((theta - previous) ** 2).sum()),
+                     "global_displacement_sq": float(((theta - start) ** 2).sum()),
+                     "loss": float(loss.detach()),
+                     "theta_projection": (directions @ (theta - reference)).numpy(),
+                     "velocity_projection": (directions @ v).numpy()})
+    return {key: np.array([row[key] for row in rows]) for key in rows[0]}
+
+
+def test_recorder_matches_hand_written_loop():
+    model, batches = make_problem()
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(4, num_params)
+    reference = torch.randn(num_params)
+    eta, beta, lam = 0.05, 0.9, 1e-2
+    expected = hand_written_run(model, batches, 25, [(eta, beta, lam)] * 4, directions, reference)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=eta, momentum=beta, weight_decay=lam)
+    # blocks of 3 projections straddle chunks of 7 rows: a flush projects a partial block
+    with TrajectoryRecorder(optimizer, directions=directions, reference=reference,
+                            chunk_size=7, projection_block=3) as recorder:
+        for k in range(25):
+            optimizer.zero_grad()
+            loss = loss_of(model, batches[k % len(batches)])
+            loss.backward()
+            optimizer.step()
+            recorder.record(loss=loss.detach())
+    record = recorder.trajectory()
+    np.testing.assert_array_equal(record["step"], expected["step"])
+    # float64 rounding: PyTorch and eq. 2 order the same operations differently, so the
+    # iterates agree to a few ulps that grow slowly over 25 steps
+    for key in expected:
+        if key != "step":
+            np.testing.assert_allclose(record[key], expected[key], rtol=1e-10,
+                                       atol=1e-12 * np.abs(expected[key]).max(), err_msg=key)
+    # the convention itself: theta_k - theta_{k-1} = eta v_k with v = -buf, so successive
+    # position projections differ by eta times the velocity projection
+    np.testing.assert_allclose(np.diff(record["theta_projection"], axis=0),
+                               eta * record["velocity_projection"][1:], rtol=1e-8,
+                               atol=1e-12 * np.abs(record["theta_projection"]).max())
+
+
+def test_recorder_groups_every_and_zero_momentum():
+    model, batches = make_problem(seed=1)
+    first, second = model[0], model[2]
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(3, num_params)
+    groups = [(0.05, 0.9, 1e-2)] * 2 + [(0.02, 0.0, 0.0)] * 2
+    start = flat(model.parameters()).detach()
+    expected = hand_written_run(model, batches, 20, groups, directions, start)
+    optimizer = torch.optim.SGD([
+        {"params": first.parameters(), "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2},
+        {"params": second.parameters(), "lr": 0.02, "momentum": 0.0}])
+    recorder = TrajectoryRecorder(optimizer, directions=directions, every=3, projection_block=2)
+    for k in range(20):
+        optimizer.zero_grad()
+        loss_of(model, batches[k % len(batches)]).backward()
+        optimizer.step()
+        recorder.record()
+    recorder.close()
+    record = recorder.trajectory()
+    chosen = np.arange(2, 20, 3)  # steps 3, 6, ..., 18
+    np.testing.assert_array_equal(record["step"], expected["step"][chosen])
+    assert np.all(np.isnan(record["loss"]))
+    for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
+                "velocity_projection"):
+        # the momentum-free group's velocity is delta/eta: rounding of a difference of
+        # iterates relative to the step, about 1e-16 * |theta| / |delta|
+        np.testing.assert_allclose(record[key], expected[key][chosen], rtol=1e-9,
+                                   atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
+
+
+def run_steps(model, optimizer, recorder, batches, first, last, checkpoints=None, fail_at=None):
+    for k in range(first, last + 1):
+        if k == fail_at:
+            raise RuntimeError("simulated kill")
+        optimizer.zero_grad()
+        loss = loss_of(model, batches[k % len(batches)])
+        loss.backward()
+        optimizer.step()
+        recorder.record(loss=loss.detach())
+        if checkpoints is not None:
+            checkpoints[k] = (copy.deepcopy(model.state_dict()),
+                              copy.deepcopy(optimizer.state_dict()))
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
+    model, batches = make_problem(seed=2)
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(2, num_params)
+    reference = torch.randn(num_params)
+    settings = {"directions": directions, "reference": reference, "chunk_size": 4}
+
+    reference_model = copy.deepcopy(model)
+    optimizer = torch.optim.SGD(reference_model.parameters(), lr=0.05, momentum=0.9,
+                                weight_decay=1e-3)
+    with TrajectoryRecorder(optimizer, path=tmp_path / "whole", **settings) as recorder:
+        run_steps(reference_model, optimizer, recorder, batches, 1, 23)
+    whole = load_trajectory(tmp_path / "whole")
+    assert whole["step"].tolist() == list(range(1, 24))
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    checkpoints = {}
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        with TrajectoryRecorder(optimizer, path=tmp_path / "run", **settings) as recorder:
+            run_steps(model, optimizer, recorder, batches, 1, 23, checkpoints, fail_at=11)
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["chunk_000000000001.npz", "chunk_000000000005.npz", "meta.json", "start.pt"]
+    assert load_trajectory(tmp_path / "run")["step"].tolist() == list(range(1, 9))
+
+    # resume from the checkpoint at the last step on disk, with a fresh model and optimizer
+    model, _ = make_problem(seed=99)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    state, optimizer_state = checkpoints[8]
+    model.load_state_dict(state)
+    optimizer.load_state_dict(optimizer_state)
+    with TrajectoryRecorder(optimizer, path=tmp_path / "run", **settings) as recorder:
+        assert recorder.step == 8
+        run_steps(model, optimizer, recorder, batches, 9, 23)
+    joined = load_trajectory(tmp_path / "run")
+    assert joined.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(joined[key], whole[key], err_msg=key)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    model, batches = make_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    recorder = TrajectoryRecorder(optimizer, path=tmp_path, chunk_size=3)
+    run_steps(model, optimizer, recorder, batches, 1, 3)
+
+    def broken_savez(stream, **arrays):
+        stream.write(b"PK\x03\x04 partial zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        run_steps(model, optimizer, recorder, batches, 4, 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_000000000001.npz", "meta.json",
+                                                          "start.pt"]
+    assert load_trajectory(tmp_path)["step"].tolist() == [1, 2, 3]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model, _ = make_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    TrajectoryRecorder(optimizer, path=tmp_path).close()
+    with pytest.raises(ValueError, match="every=2"):
+        TrajectoryRecorder(optimizer, path=tmp_path, every=2)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"nesterov": True, "momentum": 0.9}, "nesterov"),
+    ({"dampening": 0.1, "momentum": 0.9}, "dampening"),
+    ({"maximize": True, "momentum": 0.9}, "maximize"),
+])
+def test_unsupported_sgd_options_are_refused(options, message):
+    model, _ = make_problem()
+    with pytest.raises(ValueError, match=message):
+        TrajectoryRecorder(torch.optim.SGD(model.parameters(), lr=0.1, **options))
+
+
+def test_other_optimizers_and_bad_directions_are_refused():
+    model, _ = make_problem()
+    with pytest.raises(TypeError, match="torch.optim.SGD"):
+        TrajectoryRecorder(torch.optim.Adam(model.parameters()))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"directions must have shape \(m, 32\)"):
+        TrajectoryRecorder(optimizer, directions=torch.ones(2, 7))
+
+
+@pytest.mark.gpu
+def test_recorder_on_cuda_matches_cpu():
+    records = []
+    for device in ("cpu", "cuda"):
+        model, batches = make_problem(seed=3)
+        model = model.to(device)
+        batches = [(x.to(device), y.to(device)) for x, y in batches]
+        num_params = sum(p.numel() for p in model.parameters())
+        directions = torch.randn(3, num_params, generator=torch.Generator().manual_seed(4))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        with TrajectoryRecorder(optimizer, directions=directions, projection_block=2) as recorder:
+            run_steps(model, optimizer, recorder, batches, 1, 10)
+        records.append(recorder.trajectory())
+    for key in records[0]:
+        # float64 on both devices; reductions are ordered differently on the GPU
+        np.testing.assert_allclose(records[1][key], records[0][key], rtol=1e-9, atol=1e-12,
+                                   err_msg=key)
