@@ -179,21 +179,11 @@ def _per_sample_residuals(X, Y, theta):
 def projected_noise_covariance(X, Y, theta, directions) -> np.ndarray:
     r"""``Q Sigma(theta) Q^T`` for directions ``Q`` ``(m, c*d)`` without forming Sigma.
 
-    ``Sigma(theta) = (1/N) sum_i g_i g_i^T - g g^T`` with per-sample gradients
-    ``g_i = vec(r_i x_i^T)`` (``r_i = theta x_i - y_i``, c outputs) of the loss
-    ``||Y - X theta^T||^2/(2N)`` (Assumption 1's per-sample covariance). Since
-    ``<q, g_i> = r_i^T Q_q x_i`` with ``Q_q`` the direction reshaped to ``(c, d)``, this costs
-    ``O(N c d m)`` instead of the ``(c d)^2`` memory of Sigma (490 MB for MNIST). Returns
-    ``(m, m)`` float64.
+    ``theta`` is ``(c, d)`` (``nn.Linear`` layout, as the eigenvectors of
+    :func:`numeric.linear_regression_eigenpairs`); see
+    :func:`numeric.linear_regression_noise_covariance`. Returns ``(m, m)`` float64.
     """
-    X = np.asarray(X, dtype=np.float64)
-    c = np.asarray(Y).shape[1]
-    directions = np.asarray(directions, dtype=np.float64)
-    residuals = _per_sample_residuals(X, Y, theta)
-    q = directions.reshape(directions.shape[0], c, X.shape[1])
-    proj = np.einsum("nc,mcd,nd->nm", residuals, q, X, optimize=True)
-    proj -= proj.mean(axis=0)
-    return proj.T @ proj / X.shape[0]
+    return numeric.linear_regression_noise_covariance(X, Y, theta, directions=directions)
 
 
 def noise_trace(X, Y, theta) -> float:

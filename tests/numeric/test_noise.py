@@ -11,12 +11,12 @@ from numeric import (gradient_noise_projection, linear_regression_noise_covarian
                      noise_scale_fit)
 
 
-def per_sample_gradients_by_autograd(X, Y, theta):
-    """g_i of l_i = ||y_i - theta^T x_i||^2 / 2 by autograd, one sample at a time."""
+def per_sample_gradients_by_autograd(X, Y, weight):
+    """g_i of l_i = ||y_i - W x_i||^2 / 2 by autograd, one sample at a time, W (c, d)."""
     grads = []
     for x, y in zip(torch.as_tensor(X), torch.as_tensor(Y)):
-        t = torch.tensor(theta, requires_grad=True)
-        loss = 0.5 * ((y - x @ t) ** 2).sum()
+        t = torch.tensor(weight, requires_grad=True)
+        loss = 0.5 * ((y - t @ x) ** 2).sum()
         (g,) = torch.autograd.grad(loss, t)
         grads.append(g.reshape(-1).numpy())
     return np.array(grads)
@@ -26,9 +26,9 @@ def per_sample_gradients_by_autograd(X, Y, theta):
 def test_linear_regression_covariance_vs_loop(rng, outputs):
     N, d = 40, 5
     X = rng.standard_normal((N, d))
-    shape = (d,) if outputs is None else (d, outputs)
+    shape = (d,) if outputs is None else (outputs, d)
     theta = rng.standard_normal(shape)
-    Y = rng.standard_normal((N,) + shape[1:])
+    Y = rng.standard_normal((N,) + shape[:-1])
     G = per_sample_gradients_by_autograd(X, Y, theta)
     expected = np.zeros((G.shape[1], G.shape[1]))
     g = G.mean(axis=0)
@@ -36,6 +36,30 @@ def test_linear_regression_covariance_vs_loop(rng, outputs):
         expected += np.outer(gi - g, gi - g) / N
     np.testing.assert_allclose(linear_regression_noise_covariance(X, Y, theta), expected,
                                rtol=1e-12, atol=1e-14 * np.abs(expected).max())
+    # the projected form agrees with projecting the full matrix
+    V = np.linalg.qr(rng.standard_normal((G.shape[1], 4)))[0].T
+    np.testing.assert_allclose(linear_regression_noise_covariance(X, Y, theta, directions=V),
+                               V @ expected @ V.T, rtol=1e-10,
+                               atol=1e-14 * np.abs(expected).max())
+
+
+def test_noise_covariance_layout_matches_the_hessian_eigenvectors(rng):
+    """Sigma and H = I_c kron X^T X / N share the nn.Linear (c, d) flattening: with residuals
+    that are +-s per sample pair (g = 0), Sigma = s^2 H exactly in that layout."""
+    from numeric import linear_regression_eigenpairs
+    N, d, c, s2 = 30, 4, 3, 0.25
+    half = rng.standard_normal((N // 2, d))
+    X = np.concatenate([half, half])
+    W = rng.standard_normal((c, d))
+    offsets = np.sqrt(s2) * np.concatenate([np.ones((N // 2, c)), -np.ones((N // 2, c))])
+    offsets[:, 1:] = 0.0  # only output 0 is noisy: the layout must put the noise in block 0
+    Y = X @ W.T + offsets
+    sigma = linear_regression_noise_covariance(X, Y, W)
+    eig = linear_regression_eigenpairs(X, num_outputs=c)
+    H_full = (eig.eigenvectors.T * eig.eigenvalues) @ eig.eigenvectors
+    expected = np.zeros_like(H_full)
+    expected[:d, :d] = s2 * H_full[:d, :d]
+    np.testing.assert_allclose(sigma, expected, atol=1e-12)
 
 
 class SmallNet(torch.nn.Module):
@@ -136,7 +160,7 @@ def test_sigma2_fit_mismatch_measures_departure():
 
 
 def test_validation():
-    with pytest.raises(ValueError, match="theta must have shape"):
+    with pytest.raises(ValueError, match="weight must have shape"):
         linear_regression_noise_covariance(np.ones((3, 2)), np.ones(3), np.ones(4))
     with pytest.raises(ValueError, match="projected covariance"):
         noise_scale_fit(np.eye(3), np.ones(2))
