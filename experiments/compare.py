@@ -235,7 +235,7 @@ def compare_mean_trajectory(traj, rho, a0, *, eta, beta, lam=0.0, batch_size, no
         float(pred_a[i, 0]), float(mean_a[i, 0]), float(err_a[i, 0]),
         {"r2": float(r2), "model": model, f"r2_{other}": float(r2_other),
          "beta": beta, "eta": eta})
-    curves = {"steps": steps, "measured_a": mean_a, "measured_a_err": err_a,
+    curves = {"steps": steps, "eta": eta, "measured_a": mean_a, "measured_a_err": err_a,
               "predicted_a": pred_a, f"predicted_a_{other}": other_a, "band": band,
               "predicted_b": np.broadcast_to(np.asarray(pred_b, float), pred_a.shape),
               "measured_b": traj.b.mean(1), "rho": rho}

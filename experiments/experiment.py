@@ -262,20 +262,25 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
     transient_arrays = {}
     curves["mean"] = {}
     for beta_t in config.transient_betas:
-        var_a, _ = numeric.stationary_variance(rho_top, eta=eta, beta=beta_t, lam=lam,
+        # Same effective learning rate eta / (1 - beta) at every beta: the stationary noise
+        # level and the state-dependent part of real minibatch noise both scale with it, so a
+        # larger beta at the same eta would leave the regime where Sigma is fixed (at beta =
+        # 0.99 and the default eta, minibatch SGD on mnist5k grows without bound).
+        eta_t = eta * (1.0 - beta_t) / (1.0 - beta)
+        var_a, _ = numeric.stationary_variance(rho_top, eta=eta_t, beta=beta_t, lam=lam,
                                                S=S_eff, sigma2=1.0, model="discrete")
         var_a = np.asarray(var_a) * mode_noise / np.where(rho_top > 0, rho_top, 1.0)
         a0 = config.displacement_amplitude * np.sqrt(var_a)
         theta0 = problem.mu + (a0 @ directions).reshape(c, d)
         num_steps = int(math.ceil(config.transient_damping_times * float(np.max(
-            compare.relaxation_steps(rho_top[distinct], eta=eta, beta=beta_t, lam=lam)))))
-        tr = run_sgd(problem, eta=eta, beta=beta_t, num_steps=num_steps,
+            compare.relaxation_steps(rho_top[distinct], eta=eta_t, beta=beta_t, lam=lam)))))
+        tr = run_sgd(problem, eta=eta_t, beta=beta_t, num_steps=num_steps,
                      num_seeds=config.seeds, seed=config.seed + 2, theta0=theta0,
                      directions=directions[distinct], **common)
         transient_arrays |= tr.arrays(prefix=f"beta{beta_t:g}_") | {f"beta{beta_t:g}_a0": a0}
         row, curves["mean"][beta_t] = compare.compare_mean_trajectory(
-            tr, rho_top[distinct], a0[distinct], eta=eta, beta=beta_t, lam=lam,
-            batch_size=S_eff, noise_var=mode_noise[distinct], label=f" beta={beta_t:g}")
+            tr, rho_top[distinct], a0[distinct], eta=eta_t, beta=beta_t, lam=lam,
+            batch_size=S_eff, noise_var=mode_noise[distinct], label=f" beta={beta_t:g} eta={eta_t:.3g}")
         rows.append(row)
     arrays_written.append(_save(out_dir, "transient.npz", transient_arrays))
 

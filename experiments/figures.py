@@ -60,8 +60,10 @@ def plot_mean_trajectory(curves_by_beta: dict, path: Path) -> str:
             ax.plot(steps, cur["measured_a"][:, l], ".", color=color, ms=2)
         ax.set_xlabel("step k")
         ax.set_ylabel(r"$\langle\theta_k-\mu, q_l\rangle$ (seed mean)")
-        ax.set_title(fr"mean trajectory, $\beta$={beta:g} (dots: SGD; line: discrete; "
-                     "dashed: SDE)")
+        eta = cur.get("eta")
+        eta_text = "" if eta is None else fr", $\eta$={eta:.3g}"
+        ax.set_title(fr"mean trajectory, $\beta$={beta:g}{eta_text}" "\n"
+                     "(dots: SGD; line: discrete; dashed: SDE)", fontsize=10)
         ax.legend(loc="upper right")
     return _save(fig, path)
 
