@@ -22,21 +22,14 @@ __all__ += [
     "instantaneous_speed", "global_displacement",
 ]
 
-# --- Hessian eigenpairs, trace -------------------------------------------------------------
-from ._hessian import HessianEigenpairs as HessianEigenpairs
-from ._hessian import TraceEstimate as TraceEstimate
-from ._hessian import hessian_eigenpairs as hessian_eigenpairs
-from ._hessian import hessian_vector_product as hessian_vector_product
-from ._hessian import hutchinson_trace as hutchinson_trace
-from ._hessian import linear_regression_eigenpairs as linear_regression_eigenpairs
-from ._hessian import linear_regression_hessian as linear_regression_hessian
-from ._hessian import power_iteration_eigenpairs as power_iteration_eigenpairs
-
-__all__ += [
-    "HessianEigenpairs", "TraceEstimate", "hessian_eigenpairs", "hessian_vector_product",
-    "hutchinson_trace", "linear_regression_eigenpairs", "linear_regression_hessian",
-    "power_iteration_eigenpairs",
-]
+# --- Hessian eigenpairs, trace (torch-based: loaded on first use, see __getattr__) -------
+_TORCH_MODULES = {
+    "._hessian": ["HessianEigenpairs", "TraceEstimate", "hessian_eigenpairs",
+                  "hessian_vector_product", "hutchinson_trace", "linear_regression_eigenpairs",
+                  "linear_regression_hessian", "power_iteration_eigenpairs"],
+    "._recorder": ["TrajectoryRecorder", "load_trajectory"],
+}
+__all__ += [name for names in _TORCH_MODULES.values() for name in names]
 
 # --- trajectory recorder and estimators ----------------------------------------------------
 from ._estimators import PowerLawFit as PowerLawFit
@@ -49,13 +42,11 @@ from ._noise import NoiseFit as NoiseFit
 from ._noise import gradient_noise_projection as gradient_noise_projection
 from ._noise import linear_regression_noise_covariance as linear_regression_noise_covariance
 from ._noise import noise_scale_fit as noise_scale_fit
-from ._recorder import TrajectoryRecorder as TrajectoryRecorder
-from ._recorder import load_trajectory as load_trajectory
 
 __all__ += [
-    "NoiseFit", "PowerLawFit", "TrajectoryRecorder", "autocorrelation", "dominant_frequency",
+    "NoiseFit", "PowerLawFit", "autocorrelation", "dominant_frequency",
     "exponent_vs_window", "fit_power_law", "gradient_noise_projection",
-    "linear_regression_noise_covariance", "load_trajectory", "noise_scale_fit",
+    "linear_regression_noise_covariance", "noise_scale_fit",
     "oscillation_frequency",
 ]
 
@@ -68,3 +59,23 @@ from ._ou import sample_ou as sample_ou
 
 __all__ += ["OUDecomposition", "ou_decomposition", "ou_lag_covariance",
             "ou_stationary_covariance", "sample_ou"]
+
+
+_LAZY = {name: module for module, names in _TORCH_MODULES.items() for name in names}
+
+
+def __getattr__(name):
+    # torch is an optional extra: the closed-form kernels, estimators and OU numerics import
+    # without it, and the torch-only instruments load (and import torch) on first access.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'numeric' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

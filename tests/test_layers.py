@@ -33,3 +33,14 @@ def test_numeric_neither_imports_nor_needs_sympy():
 @pytest.mark.parametrize("statement", ["import ousym", "import ousym.uniform"])
 def test_import_ousym_does_not_import_numpy_or_torch(statement):
     assert _imported_after(statement, ("numpy", "torch")) == []
+
+
+def test_numeric_imports_without_torch_until_a_torch_instrument_is_used():
+    # torch is an optional extra: the NumPy kernels, estimators and OU numerics must not pull
+    # it in; the Hessian and recorder instruments load it on first access
+    statement = ("import numeric\n"
+                 "numeric.velocity_correlation(1.0, 3.0, eta=0.1, beta=0.9)\n"
+                 "numeric.ou_stationary_covariance([[1.0]], [[1.0]])\n"
+                 "assert 'torch' not in sys.modules, 'torch imported by the numpy paths'\n"
+                 "numeric.hessian_eigenpairs\n")
+    assert _imported_after(statement, ("torch",)) == ["torch"]
