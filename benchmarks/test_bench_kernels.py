@@ -209,3 +209,25 @@ def test_global_displacement(compare, record_ratio):
     compare(candidate, lambda: _explicit_double_sum(sub_modes, sub_ks),
             name="global_displacement, 1e5 modes x 1000 k vs explicit double sum",
             target=1000, rounds=1, baseline_rounds=1, baseline_scale=terms_total / terms_subset)
+
+
+# --- informative: torch on one thread ------------------------------------------------------
+# On a 2-core machine that other work shares, each torch operation on two threads waits for
+# the busy core (an OpenMP barrier), so its time is set by the number of operations, not by
+# their size: the kernel (one gather and scatter per regime) then pays for every small step
+# that a single fused formula does not have. On one thread the same comparison measures
+# the work done per element. Same candidates and baselines as above, same inputs.
+
+
+@pytest.mark.parametrize("baseline", ["lambdify", "floor"])
+def test_velocity_correlation_torch_one_thread(pairs, lambdified, compare, baseline):
+    torch = pytest.importorskip("torch")
+    candidate, reference, scale = _torch_case(pairs, lambdified, baseline)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compare(candidate, reference,
+                name=f"velocity_correlation torch cpu (1 thread), 1e6 pairs vs {LABELS[baseline]}",
+                target=TARGETS[baseline], baseline_scale=scale, rounds=3)
+    finally:
+        torch.set_num_threads(threads)

@@ -38,14 +38,19 @@ Both correlations are divided differences over the two roots of the mode. Write
 
 * well separated real roots, :math:`D > m^2/4`: the plain quotient
   :math:`W = k(H(x_1) - H(x_2))/d` with the slow root :math:`x_1 = -P/(|m| + d)` written
-  without cancellation (small modes, :math:`x_1 \to 0`, live here);
+  without cancellation (small modes, :math:`x_1 \to 0`, live here); when no gradient is
+  recorded, as :math:`c_1\,\mathrm{expm1}(kx_1) - c_2\,\mathrm{expm1}(kx_2) - kc_3` with
+  per-mode weights (:math:`k\varphi_1(kx) = \mathrm{expm1}(kx)/x`): three passes per element;
 * otherwise (near critical damping and underdamped), the symmetric form
   :math:`W = 2(E_s\bar\psi + E_{c1}[\psi] - k[\chi(x/2)])`, where
   :math:`E_{c1} = e^{km}\cosh(k d) - 1` and :math:`E_s = e^{km}\sinh(kd)/d` are the average
   (minus one) and the divided difference of :math:`e^{kx}`, and :math:`\bar\psi`,
   :math:`[\psi]`, :math:`[\chi(x/2)]` are closed forms in :math:`(m, D)` built from the entire
   functions :math:`\cosh\sqrt D - 1` and :math:`\sinh\sqrt D/\sqrt D` (no :math:`1/d`
-  anywhere, so they are smooth through :math:`D = 0`).
+  anywhere, so they are smooth through :math:`D = 0`). Complex roots away from the double
+  root (:math:`D < -m^2/100`) take the damped cos/sin written out, with the per-mode factors
+  folded in once: :math:`W = 2[\psi]\,\mathrm{expm1}(km) + e^{km}S(AC - BS) - 2k[\chi(x/2)]`,
+  :math:`S, C = \sin, \cos(k\sqrt{-D}/2)`, :math:`A = 4\bar\psi/\sqrt{-D}`, :math:`B = 4[\psi]`.
 
 *Discrete.* With :math:`a = \eta h`, :math:`\eta\sum_{i\le k} v_i = a_k - a_0` turns the double
 sum into a position correlation: :math:`W = \frac{1+\beta}{a}(1 - [M^k u_a]_1)`,
@@ -388,7 +393,13 @@ def _exp_branches(xp, mask, m, D, body, args):
 
 
 def _sde_separated_coefficients(xp, g, P, D):
-    """Per mode, well separated real roots: the roots and the k-free parts of H."""
+    r"""Per mode, well separated real roots: the roots and the k-free parts of H.
+
+    Also returns the value-only weights :math:`(c_1, c_2, c_3)` of
+    :math:`W = c_1\,\mathrm{expm1}(k x_1) - c_2\,\mathrm{expm1}(k x_2) - k c_3`
+    (:math:`k\varphi_1(kx) = \mathrm{expm1}(kx)/x`; a mode with :math:`x_1 = 0`, that is
+    :math:`\rho = \lambda = 0`, moves its :math:`k\sigma_1` into the linear term).
+    """
     d = xp.sqrt(D)
     x1 = -P / (g + d)
     x2 = -(g + d)
@@ -396,7 +407,12 @@ def _sde_separated_coefficients(xp, g, P, D):
     _, sinhc2, _ = _entire(xp, 0.25 * x2 * x2)
     sigma1, sigma2 = 1.0 / sinhc1**2, 1.0 / sinhc2**2
     chi_difference = xp.cosh(0.5 * x1) / sinhc1 - xp.cosh(0.5 * x2) / sinhc2
-    return x1, x2, sigma1, sigma2, chi_difference, 1.0 / d
+    inv_d = 1.0 / d
+    zero = x1 == 0.0
+    c1 = xp.where(zero, 0.0 * x1, sigma1 * inv_d / xp.where(zero, 1.0 + 0.0 * x1, x1))
+    c2 = sigma2 * inv_d / x2
+    c3 = inv_d * (chi_difference - xp.where(zero, sigma1, 0.0 * sigma1))
+    return x1, x2, sigma1, sigma2, chi_difference, inv_d, c1, c2, c3
 
 
 def _sde_symmetric_coefficients(xp, g, D):
@@ -422,23 +438,47 @@ def _sde(xp, k, eta, beta, h):
     mode_shape = xp.shape(g, P, D)
     separated = D > _SEPARATED * g * g
 
-    x1, x2, s1, s2, dchi, inv_d = _piecewise(xp, mode_shape, 6, [
+    x1, x2, s1, s2, dchi, inv_d, c1, c2, c3 = _piecewise(xp, mode_shape, 9, [
         (separated, lambda g, P, D: _sde_separated_coefficients(xp, g, P, D), (g, P, D)),
     ])
     m, psi_avg, psi_dd, chi_dd = _piecewise(xp, mode_shape, 4, [
         (~separated, lambda g, D: _sde_symmetric_coefficients(xp, g, D), (g, D)),
     ])
 
-    def separated_sum(k, x1, x2, s1, s2, dchi, inv_d):
-        return k * inv_d * (s1 * _phi1(xp, k * x1) - s2 * _phi1(xp, k * x2) - dchi)
+    if xp.differentiable:
+        # the series of phi1 near 0 keeps the gradient in x1 accurate (see _phi1)
+        def separated_sum(k, x1, x2, s1, s2, dchi, inv_d):
+            return k * inv_d * (s1 * _phi1(xp, k * x1) - s2 * _phi1(xp, k * x2) - dchi)
+
+        separated_args = (k, x1, x2, s1, s2, dchi, inv_d)
+    else:
+        def separated_sum(k, x1, x2, c1, c2, c3):
+            return c1 * xp.expm1(k * x1) - c2 * xp.expm1(k * x2) - k * c3
+
+        separated_args = (k, x1, x2, c1, c2, c3)
 
     def symmetric_sum(ec1, es, k, psi_avg, psi_dd, chi_dd):
         return 2.0 * (es * psi_avg + ec1 * psi_dd - k * chi_dd)
 
+    # complex roots away from the double root: symmetric_sum with the damped cos/sin of
+    # _exp_trigonometric written out and the per-mode factors folded in once per mode,
+    # W = 2[psi] expm1(km) + e^{km} s (A c - B s) - 2k[chi(x/2)], s, c = sin, cos(k sqrt(-D)/2)
+    oscillating = ~separated & (D < -_NEAR_DOUBLE_ROOT * g * g)
+    root = xp.sqrt(xp.where(oscillating, -D, 1.0 + 0.0 * D))
+
+    def oscillating_sum(k, m, half_root, A, B, two_psi_dd, two_chi_dd):
+        em1 = xp.expm1(k * m)
+        phase = k * half_root
+        half_sin = xp.sin(phase)
+        return (two_psi_dd * em1 + (em1 + 1.0) * half_sin * (A * xp.cos(phase) - B * half_sin)
+                - k * two_chi_dd)
+
     shape = xp.shape(k, D)
     return _piecewise(xp, shape, 1, [
-        (separated, separated_sum, (k, x1, x2, s1, s2, dchi, inv_d)),
-        *_exp_branches(xp, ~separated, -g, D, symmetric_sum,
+        (separated, separated_sum, separated_args),
+        (oscillating, oscillating_sum,
+         (k, m, 0.5 * root, 4.0 * psi_avg / root, 4.0 * psi_dd, 2.0 * psi_dd, 2.0 * chi_dd)),
+        *_exp_branches(xp, ~separated & ~oscillating, -g, D, symmetric_sum,
                        (k, m, D, psi_avg, psi_dd, chi_dd)),
     ])
 

@@ -22,16 +22,19 @@ Continuous time (the SDE of eq. 3 of Kunin et al. 2023, appendix F.2), with
 
 Switches (documented, with the error they leave):
 
-* :math:`|x| \le 1`: the entire series :math:`\cosh\sqrt{x} = \sum x^n/(2n)!`,
-  :math:`\sinh\sqrt{x}/\sqrt{x} = \sum x^n/(2n+1)!`, truncated after :math:`n = 10`
-  (remainder below :math:`1/22! < 10^{-21}`), times :math:`e^{-\gamma t}`;
-* :math:`x > 1` (overdamped): two exponentials :math:`e^{r_\pm t}` with the slow root written
+* :math:`|x| \le x_s = 10^{-2}`: the entire series :math:`\cosh\sqrt{x} = \sum x^n/(2n)!`,
+  :math:`\sinh\sqrt{x}/\sqrt{x} = \sum x^n/(2n+1)!`, truncated after :math:`n = 5`
+  (remainder below :math:`x_s^6/12! < 10^{-20}`), times :math:`e^{-\gamma t}`;
+* :math:`x > x_s` (overdamped): two exponentials :math:`e^{r_\pm t}` with the slow root written
   without cancellation, :math:`r_+ = -\omega^2/(\gamma + \alpha)`, and
-  :math:`e^{r_- t} = e^{r_+ t} e^{-2\alpha t}` with :math:`e^{-2\alpha t} < e^{-2}`: nothing
+  :math:`e^{r_- t} = e^{r_+ t} e^{-2\alpha t}` with :math:`e^{-2\alpha t} < e^{-0.2}`: nothing
   overflows for any :math:`\gamma t`, and the sums in the diagonal entries lose at most a
-  factor :math:`(1 + e^{-2})/(1 - e^{-2})` to cancellation;
-* :math:`x < -1` (underdamped): :math:`e^{-\gamma t}\cos\alpha t` and
-  :math:`e^{-\gamma t}\sin(\alpha t)/\alpha` with :math:`\alpha t > 1`.
+  factor :math:`(1 + e^{-0.2})/(1 - e^{-0.2}) \approx 10` to cancellation;
+* :math:`x < -x_s` (underdamped): :math:`e^{-\gamma t}\cos\alpha t` and
+  :math:`e^{-\gamma t}\sin(\alpha t)/\alpha` with :math:`\alpha t > 0.1`.
+
+The small switch point keeps the series short (it costs one fused multiply-add per term
+on every element it owns); the closed forms lose no more than the factor above there.
 
 Discrete time (THEORY section 6): powers of the one-mode SGD matrix
 :math:`M = [[1 - x, \eta\beta], [-h, \beta]]` with :math:`x = \eta h`, by Cayley-Hamilton:
@@ -70,12 +73,19 @@ from dataclasses import dataclass
 from math import factorial
 from typing import Any, Callable
 
-__all__ = ["Ops", "make_primitives", "SERIES_TERMS_CONTINUOUS", "SERIES_TERMS_DISCRETE"]
+__all__ = ["Ops", "make_primitives", "SERIES_MAX_CONTINUOUS", "SERIES_TERMS_CONTINUOUS",
+           "SERIES_TERMS_DISCRETE"]
 
-#: Number of series terms n = 0..SERIES_TERMS_CONTINUOUS - 1 used for |Delta t^2| <= 1.
-SERIES_TERMS_CONTINUOUS = 11
+#: |Delta t^2| at or below which the continuous-time primitives use their series.
+SERIES_MAX_CONTINUOUS = 1e-2
+#: Number of series terms n = 0..SERIES_TERMS_CONTINUOUS - 1 used there.
+SERIES_TERMS_CONTINUOUS = 6
 #: Number of binomial-series terms used for k^2 |delta| <= m^2.
 SERIES_TERMS_DISCRETE = 13
+
+#: Share of the elements above which the majority regime runs on the whole arrays (its
+#: foreign elements replaced by one of its own) rather than on its gathered elements.
+_WHOLE_ARRAY_SHARE = 0.75
 
 _COSH_COEFFICIENTS = [1.0 / factorial(2 * n) for n in range(SERIES_TERMS_CONTINUOUS)]
 _SINHC_COEFFICIENTS = [1.0 / factorial(2 * n + 1) for n in range(SERIES_TERMS_CONTINUOUS)]
@@ -105,7 +115,11 @@ class Ops:
     first_true: Callable[[Any], int]
     indices: Callable[[Any], Any]  # flat indices of the true elements of a mask
     gather: Callable[[Any, Any], Any]  # (full array, flat indices) -> values
+    # (shape, [flat indices], [values]) -> a fresh array of that shape; the index sets
+    # partition it
+    assemble: Callable[[Any, Any, Any], Any]
     one_like: Callable[[Any], Any]
+    multiply_add: Callable[[Any, Any, float], Any]  # (a, b, c) -> a * b + c, c a number
 
 
 def _size(a) -> int:
@@ -139,11 +153,25 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         shape = ops.broadcast(*arrays)[0].shape
         # one-element arguments stay scalars (no full-size copies to gather from)
         arrays = [a.reshape(()) if _size(a) == 1 else ops.broadcast_to(a, shape) for a in arrays]
-        counts = [ops.count(mask) for mask, _ in regimes]
         total = _size_of(shape)
+        # the regimes partition the elements: the last count is what the others leave
+        counts = [ops.count(mask) for mask, _ in regimes[:-1]]
+        counts.append(total - sum(counts))
         major = max(range(len(regimes)), key=counts.__getitem__)
         if counts[major] == total:  # one regime everywhere (or no elements at all)
             return ops.broadcast_to(regimes[major][1](*arrays), shape)
+        if counts[major] < _WHOLE_ARRAY_SHARE * total:
+            # mixed: every regime on its own elements only, assembled in one scatter
+            flats, parts = [], []
+            for (mask, branch), count in zip(regimes, counts):
+                if count == 0:
+                    continue
+                flat = ops.indices(mask)
+                flats.append(flat)
+                parts.append(ops.broadcast_to(
+                    branch(*(a if _size(a) == 1 else ops.gather(a, flat) for a in arrays)),
+                    flat.shape))
+            return ops.assemble(shape, flats, parts)
         # the majority regime runs on the whole arrays, its foreign elements replaced by one of
         # its own (so it stays in its domain); the others run on their elements only
         def owned_by(mask):
@@ -173,7 +201,7 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         def over_branch(g, w2, tt):
             alpha = ops.sqrt(g * g - w2)
             slow = -w2 / (g + alpha)  # r_+ = -gamma + alpha, without cancellation
-            # e^{(r_- - r_+) t} = e^{-2 alpha t} < e^{-2} here
+            # e^{(r_- - r_+) t} = e^{-2 alpha t} < e^{-0.2} here
             return over(g, tt, alpha, slow, ops.exp(slow * tt), ops.exp(-2.0 * alpha * tt))
 
         def under_branch(g, w2, tt):
@@ -181,19 +209,25 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
             phase = alpha * tt
             return under(g, tt, alpha, ops.exp(-g * tt), ops.cos(phase), ops.sin(phase))
 
-        series_mask = ops.abs(x) <= 1.0
-        over_mask = x > 1.0
+        series_mask = ops.abs(x) <= SERIES_MAX_CONTINUOUS
+        over_mask = x > SERIES_MAX_CONTINUOUS
         return _by_regime((gamma, omega2, t), [
             (series_mask, series_branch),
             (over_mask, over_branch),
             (~(series_mask | over_mask), under_branch),
         ])
 
+    def _fused_horner(coefficients, x):
+        total = x * coefficients[-1] + coefficients[-2]
+        for c in reversed(coefficients[:-2]):
+            total = ops.multiply_add(total, x, c)
+        return total
+
     def _series_cosh(x):
-        return _horner(_COSH_COEFFICIENTS, x)
+        return _fused_horner(_COSH_COEFFICIENTS, x)
 
     def _series_sinhc(x):
-        return _horner(_SINHC_COEFFICIENTS, x)
+        return _fused_horner(_SINHC_COEFFICIENTS, x)
 
     def damped_cosh(gamma, omega2, t):
         return _damped(

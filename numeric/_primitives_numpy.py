@@ -17,13 +17,21 @@ def _scatter(out, flat, values):
     return out
 
 
+def _assemble(shape, flats, parts):
+    out = np.empty(shape, dtype=np.result_type(*parts))
+    for flat, values in zip(flats, parts):
+        out.reshape(-1)[flat] = values
+    return out
+
+
 _OPS = Ops(
     where=np.where, exp=np.exp, expm1=np.expm1, log=np.log, log1p=np.log1p, sqrt=np.sqrt,
     cos=np.cos, sin=np.sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
     pow=np.power, one_like=np.ones_like, broadcast=np.broadcast_arrays,
     broadcast_to=np.broadcast_to, scatter=_scatter, count=np.count_nonzero,
     indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: a.reshape(-1)[flat],
-    first_true=lambda m: int(np.argmax(m.reshape(-1))),
+    first_true=lambda m: int(np.argmax(m.reshape(-1))), assemble=_assemble,
+    multiply_add=lambda a, b, c: a * b + c,
 )
 _PRIMITIVES = make_primitives(_OPS)
 

@@ -1,15 +1,16 @@
 """Validation and backend dispatch for the public kernels, done once, up front.
 
 Every check raises ``ValueError`` or ``TypeError`` naming the argument, what was received and
-the valid range. Arrays are only read here (a reduction per check); on a GPU that is one
-synchronisation per argument, paid once per call.
+the valid range. Arrays are only read here: one min/max reduction per argument decides the
+finiteness and every interval range check at once (elementwise work only to describe a
+failure); on a GPU that is one synchronisation per argument, paid once per call.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,9 +37,24 @@ class Batch:
     backend: str
     values: dict[str, Any]
     shape: tuple[int, ...]
+    extrema: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        """``(min, max)`` of ``batch[name]``, one reduction, computed once; NaN if any
+        element is NaN (both reductions propagate it); ``(inf, -inf)`` if empty."""
+        if name not in self.extrema:
+            value = self.values[name]
+            if math.prod(tuple(value.shape)) == 0:
+                self.extrema[name] = (math.inf, -math.inf)
+            elif self.backend == "torch":
+                low, high = _torch().aminmax(value.detach())
+                self.extrema[name] = tuple(_torch().stack((low, high)).tolist())
+            else:
+                self.extrema[name] = (float(value.min()), float(value.max()))
+        return self.extrema[name]
 
 
 def check_model(model: Any) -> str:
@@ -109,6 +125,11 @@ def prepare(arguments: dict[str, Any], *, separate: tuple[str, ...] = ()) -> Bat
         raise ValueError(f"arguments must broadcast against each other, but got shapes {listed}") from error
     batch = Batch(backend, values, shape)
     for n in values:
+        # one min/max reduction per argument, reused by the range checks: finite extrema
+        # mean finite elements (a NaN propagates into both); elementwise only on failure
+        low, high = batch.bounds(n)
+        if (math.isfinite(low) and math.isfinite(high)) or low > high:  # or empty
+            continue
         require(batch, n, _finite(batch, n), "must be finite (no NaN or Inf)")
     return batch
 
@@ -166,11 +187,17 @@ def check_hyperparameters(batch: Batch, names: tuple[str, ...]) -> None:
     for name in names:
         if name in rules and name in batch.values:
             test, requirement = rules[name]
+            low, high = batch.bounds(name)
+            # every range is an interval: min and max inside it (or no elements) suffice
+            if low > high or (test(low) and test(high)):
+                continue
             require(batch, name, test(_values(batch, name)), requirement)
 
 
 def check_rho(batch: Batch) -> None:
     """rho >= 0, with advice: negative Hessian eigenvalues occur at the end of training."""
+    if batch.bounds("rho")[0] >= 0:  # or no elements (min is inf)
+        return
     rho = _values(batch, "rho")
     negative = rho < 0
     count = int(negative.sum()) if bool(negative.any()) else 0

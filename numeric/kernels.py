@@ -53,6 +53,8 @@ MEMORY_BUDGET_BYTES = 256 * 2**20
 #: Upper estimate of the full-size temporaries per (mode, k) element in one chunk's evaluation
 #: (the lag sum's intermediates, the variance and the product).
 _TEMPORARIES_PER_ELEMENT = 96
+#: Elements (mode, k) per chunk of :func:`global_displacement` at most, for cache locality.
+_CHUNK_ELEMENTS = 2**17
 
 
 def _generated(backend: str):
@@ -222,8 +224,10 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
     exactly :math:`\eta^2\sum_{i,j \le k}\mathrm{Cov}(v_i, v_j)` of the SGD recursion.
 
     ``rho`` is a 1-D spectrum (length ``n``); ``k`` and the hyperparameters broadcast together
-    to a batch shape ``B``; the result has shape ``B``. The spectrum is processed in chunks so
-    that the extra memory stays under about 256 MB for any ``n``.
+    to a batch shape ``B``; the result has shape ``B``. The spectrum is sorted (the sum does not
+    depend on the order of the modes; in torch the gradient flows through the permutation) and
+    processed in chunks of neighbouring modes, so that each chunk falls in one or two regimes
+    of the closed form and the extra memory stays under about 256 MB for any ``n``.
 
     Raises as :func:`stationary_variance`, and ``ValueError`` if ``rho`` is not 1-D.
     """
@@ -238,12 +242,19 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
 
     names = ("k", "eta", "beta", "lam", "S", "sigma2")
     batch_shape = batch.shape
-    spectrum = batch["rho"]
+    # the result sums over modes, so their order is free: sorted, each chunk of the spectrum
+    # lies in one or two regimes of the lag sum, which then runs on whole arrays instead of
+    # gathering and scattering each regime's elements (a gather keeps torch's autograd)
+    spectrum = _sorted_spectrum(batch["rho"], batch.backend)
     modes = spectrum.shape[0]
     hyper = {n: _expand(batch, batch[n], batch_shape) for n in names}
     itemsize = 8 if batch.backend == "numpy" else spectrum.element_size()
     per_mode = itemsize * max(1, math.prod(batch_shape)) * _TEMPORARIES_PER_ELEMENT
-    chunk = max(1, min(modes, MEMORY_BUDGET_BYTES // per_mode))
+    # chunks also small enough that each temporary stays cache-sized (a larger chunk is
+    # slower: its fresh temporaries cost page faults and memory traffic)
+    per_mode_elements = max(1, math.prod(batch_shape))
+    chunk = max(1, min(modes, MEMORY_BUDGET_BYTES // per_mode,
+                       _CHUNK_ELEMENTS // per_mode_elements))
     kernel = getattr(_generated(batch.backend), f"{model}_stationary_variance")
 
     total = None
@@ -253,7 +264,7 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
                           hyper["sigma2"])
         lag_sum = lag_weighted_velocity_sum(rho_chunk, hyper["k"], eta=hyper["eta"],
                                             beta=hyper["beta"], lam=hyper["lam"], model=model)
-        part = (var_v * lag_sum).sum(-1)
+        part = lag_sum @ var_v if var_v.ndim == 1 else (var_v * lag_sum).sum(-1)
         total = part if total is None else total + part
     eta_b = batch["eta"]
     result = eta_b * eta_b * total if total is not None else 0.0 * hyper["k"][..., 0]
@@ -261,6 +272,13 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
         torch = importlib.import_module("torch")
         return torch.broadcast_to(result, batch_shape)
     return _numpy_result(result, batch_shape)
+
+
+def _sorted_spectrum(spectrum, backend: str):
+    if backend == "torch":
+        torch = importlib.import_module("torch")
+        return spectrum.index_select(0, torch.argsort(spectrum.detach()))
+    return np.sort(spectrum)
 
 
 def _expand(batch: Batch, value, batch_shape):
