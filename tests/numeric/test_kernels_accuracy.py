@@ -26,9 +26,6 @@ The discrete model is checked on stable modes, eta h < 2 (1 + beta).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,18 +33,7 @@ import pytest
 import numeric
 
 
-def _load_reference():
-    name = "ousym_tests_numeric_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("_reference.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_reference()
+import kernel_reference as ref  # noqa: E402  (tests/numeric is on pytest's pythonpath)
 
 MODELS = ("sde", "discrete")
 S_BATCH, SIGMA2 = 32.0, 0.7

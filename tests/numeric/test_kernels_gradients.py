@@ -11,9 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -22,18 +19,7 @@ torch = pytest.importorskip("torch")
 import numeric  # noqa: E402
 
 
-def _load_reference():
-    name = "ousym_tests_numeric_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("_reference.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_reference()
+import kernel_reference as ref  # noqa: E402  (tests/numeric is on pytest's pythonpath)
 
 MODELS = ("sde", "discrete")
 S_BATCH = 8.0

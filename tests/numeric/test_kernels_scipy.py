@@ -13,9 +13,6 @@ themselves accurate to a few hundred eps of the same scale.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,18 +22,7 @@ from mpmath import mp
 import numeric
 
 
-def _load_reference():
-    name = "ousym_tests_numeric_reference"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, Path(__file__).with_name("_reference.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-ref = _load_reference()
+import kernel_reference as ref  # noqa: E402  (tests/numeric is on pytest's pythonpath)
 
 S_BATCH, SIGMA2 = 16.0, 0.35
 EPS = np.finfo(np.float64).eps
