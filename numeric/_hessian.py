@@ -26,7 +26,8 @@ Rayleigh-Ritz step on every iteration; it stops when every wanted Ritz pair has 
 :math:`\\|H q - \\rho q\\| \\le \\mathrm{tol}\\,|\\rho_1|`. Memory: a basis of
 ``max_basis`` vectors of the model's size (``2 k + 4`` by default), never a
 dense Hessian. The baseline :func:`power_iteration_eigenpairs` is PyHessian's deflated power
-iteration (Yao et al. 2020) run to the same residual.
+iteration (Yao et al. 2020) with PyHessian's stopping rule (relative change of the Rayleigh
+quotient) and, in addition, the same residual test.
 
 For linear regression the Hessian is known exactly (:func:`linear_regression_hessian`,
 :func:`linear_regression_eigenpairs`), with the same output type as the iterative solvers.
@@ -510,27 +511,47 @@ def hessian_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None, b
 
 def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None,
                                dtype=None, seed=0):
-    """Baseline: PyHessian's deflated power iteration (Yao et al. 2020), to a residual test.
+    """Baseline: PyHessian's deflated power iteration (Yao et al. 2020), plus a residual test.
 
-    For :math:`i = 1..k`: start from a random unit vector, and repeat
-    :math:`v \\leftarrow` (v orthogonalised against the eigenvectors already found),
-    :math:`w = H v`, :math:`\\rho = v^\\top w`, :math:`v \\leftarrow w / \\|w\\|` until
-    :math:`\\|w - \\rho v\\| \\le \\mathrm{tol}\\,|\\rho_1|` (PyHessian stops on the relative
-    change of :math:`\\rho` instead, which is not a convergence test). One HVP per iteration.
-    Power iteration finds eigenvalues in order of *magnitude*; the result is sorted descending,
-    so it matches :func:`hessian_eigenpairs` only when the ``k`` largest-magnitude eigenvalues
-    are the ``k`` algebraically largest.
+    PyHessian's ``hessian.eigenvalues(maxIter=100, tol=1e-3, top_n=k)`` does, for each pair
+    :math:`i = 1..k` in turn: draw a random unit :math:`v`, then repeat
 
-    ``max_hvps`` (default ``1000 k``) is a total budget; each pair still gets at least one
-    product, so it must be ``>= k``. A pair that runs out is returned unconverged
-    (``converged=False``). Other arguments, return value and errors as in
+    .. math::
+
+        v \\leftarrow \\frac{v - \\sum_{j<i} (q_j^\\top v) q_j}{\\|\\cdot\\|}, \\quad
+        w = H v, \\quad \\rho^{(t)} = v^\\top w, \\quad v \\leftarrow w / \\|w\\|,
+
+    and stops when :math:`|\\rho^{(t-1)} - \\rho^{(t)}| / (|\\rho^{(t-1)}| + 10^{-6}) <
+    \\mathrm{tol}`, so never before the second product (or after ``maxIter`` products). This
+    function runs exactly that iteration and that stopping rule, and additionally requires
+    the residual of the pair just measured to pass the test of :func:`hessian_eigenpairs`,
+    :math:`\\|w - \\rho^{(t)} v\\| \\le \\mathrm{tol}\\,|\\rho_1|` (:math:`\\rho_1` the first pair's
+    eigenvalue; for the first pair the current :math:`|\\rho^{(t)}|`). Both tests are needed:
+    the relative change of :math:`\\rho` alone is not a convergence test (it is small while
+    :math:`v` stalls between two close eigenvalues), and with millions of parameters the
+    residual alone is not either (a random unit :math:`v` has
+    :math:`\\|H v\\| \\approx \\|H\\|_F / \\sqrt{P}`, which can already be below
+    :math:`\\mathrm{tol}\\,|\\rho_1|`). Two details differ from PyHessian: the returned pair is
+    the measured :math:`(\\rho^{(t)}, v)` (PyHessian returns :math:`\\rho^{(t-1)}` and the next,
+    undeflated iterate :math:`w / \\|w\\|`), so the reported residual is exact; and the budget
+    ``max_hvps`` is a total over all pairs rather than ``maxIter`` per pair. Each pair is one
+    HVP per iteration, with the deflation done twice (Gram-Schmidt, as in
+    :func:`hessian_eigenpairs`).
+
+    Power iteration finds eigenvalues in order of *magnitude*; the result is sorted
+    descending, so it matches :func:`hessian_eigenpairs` only when the ``k``
+    largest-magnitude eigenvalues are the ``k`` algebraically largest.
+
+    ``max_hvps`` (default ``1000 k``) must be ``>= 2 k``: every later pair keeps two products
+    in reserve. A pair that runs out of budget is returned as it stands and the result has
+    ``converged=False``. Other arguments, return value and errors as in
     :func:`hessian_eigenpairs`.
     """
     operator = _HessianOperator(model, loss_fn, batches)
     P = operator.num_params
     k = _check_k(k, P)
     tol = _check_tol(tol)
-    max_hvps = 1000 * k if max_hvps is None else _check_positive_int(max_hvps, "max_hvps", k)
+    max_hvps = 1000 * k if max_hvps is None else _check_positive_int(max_hvps, "max_hvps", 2 * k)
     dtype = operator.dtype if dtype is None else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, but got {dtype!r}")
@@ -541,9 +562,10 @@ def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps
     converged = True
     with _eval_mode(model):
         for i in range(k):
-            budget = max_hvps - operator.num_hvps - (k - i - 1)
+            budget = max_hvps - operator.num_hvps - 2 * (k - i - 1)
             v = _random_block(1, P, seed + i, dtype, device)[0]
             found = vectors[:i]
+            previous = None
             while True:
                 for _ in range(2):
                     v = v - (found @ v) @ found
@@ -553,9 +575,12 @@ def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps
                 rho = float(v.double() @ w.double())
                 residual = float((w - rho * v).norm())
                 scale = abs(rho) if i == 0 else abs(float(values[0]))
-                done = residual <= tol * (scale or 1.0)
+                stalled = (previous is not None
+                           and abs(previous - rho) / (abs(previous) + 1e-6) < tol)
+                done = stalled and residual <= tol * (scale or 1.0)
                 if done or budget <= 0:
                     break
+                previous = rho
                 v = w / w.norm()
             vectors[i], values[i], residuals[i] = v, rho, residual
             converged &= done

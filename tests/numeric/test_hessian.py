@@ -148,6 +148,38 @@ def test_budget_stops_unconverged(trained):
     assert np.any(result.residuals.numpy() > 1e-12)
     power = power_iteration_eigenpairs(model, _loss, batches, 3, tol=1e-12, max_hvps=12)
     assert not power.converged and power.num_hvps == 12
+    # PyHessian's rule compares two Rayleigh quotients: never fewer than two products a pair,
+    # even when a tolerance this loose is met by the first product
+    loose = power_iteration_eigenpairs(model, _loss, batches, 3, tol=1e6)
+    assert loose.converged and loose.num_hvps == 6
+
+
+def test_power_iteration_not_fooled_by_small_random_residuals(rng):
+    # P = 20000 and a rank-6 Hessian with rho_1 = 100: a random unit v has
+    # ||H v|| ~ ||H||_F / sqrt(P) ~ 0.77 < tol |rho_1| = 1, so a residual test alone accepts
+    # random vectors (Rayleigh quotient ~ 0) as pairs 2..4; the relative change of the
+    # Rayleigh quotient (PyHessian's rule) must keep iterating until the true pairs are found
+    N, d, k, tol = 6, 20000, 4, 1e-2
+    spectrum = 100.0 * 0.4 ** np.arange(N)
+    rows, _ = np.linalg.qr(rng.standard_normal((d, N)))
+    X = torch.as_tensor(np.sqrt(N * spectrum)[:, None] * rows.T)  # X^T X / N has `spectrum`
+    Y = torch.as_tensor(rng.standard_normal((N, 1)))
+    layer = torch.nn.Linear(d, 1, bias=False, dtype=F64)
+
+    def half_mse(outputs, targets):
+        return ((outputs - targets) ** 2).sum(dim=1).mean() / 2
+
+    result = power_iteration_eigenpairs(layer, half_mse, [(X, Y)], k, tol=tol)
+    assert result.converged
+    # Davis-Kahan with residual r = tol * rho_1 and gap g_i of rho_i to the rest of the
+    # spectrum (zero included): eigenvalue error <= r**2 / g_i, angle <= r / g_i
+    full = np.concatenate([spectrum, [0.0]])
+    gaps = np.minimum(np.abs(full[:k] - full[1:k + 1]),
+                      np.abs(full[:k] - np.concatenate([[np.inf], full[:k - 1]])))
+    r = tol * spectrum[0]
+    assert np.all(np.abs(result.eigenvalues.numpy() - spectrum[:k]) <= r**2 / gaps)
+    cosines = np.abs(np.sum(result.eigenvectors.numpy() * rows.T[:k], axis=1))  # exact q_i
+    assert np.all(np.arccos(np.clip(cosines, 0, 1)) <= r / gaps + 1e-7)
 
 
 def test_dense_route_for_tiny_models():
@@ -304,6 +336,8 @@ def test_bad_input(trained):
         hessian_eigenpairs(lambda x: x, _loss, batches, 2)
     with pytest.raises(ValueError, match="max_hvps must be >= 7"):
         hessian_eigenpairs(model, _loss, batches, 5, max_hvps=1)
+    with pytest.raises(ValueError, match="max_hvps must be >= 10"):
+        power_iteration_eigenpairs(model, _loss, batches, 5, max_hvps=9)
     with pytest.raises(ValueError, match="max_basis must be >= "):
         hessian_eigenpairs(model, _loss, batches, 5, max_basis=6)
     with pytest.raises(ValueError, match=r"vectors must have shape \(m, "):
