@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ousym import kwon_ao_decomposition, solve_lyapunov, symmetric_drift_decomposition
@@ -15,7 +15,7 @@ from ousym.linreg import A_block, A_mode, D_block, D_mode, kappa
 from ousym.stationary import var_a_ss, var_b_ss
 from ousym.symbols import H, S, Sigma, beta, eta, lam, n, rho, sigma2
 
-SPOT = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from ousym_strategies import SPOT, admissible  # noqa: E402  (tests/ousym is on pytest's pythonpath)
 
 
 def is_zero_matrix(matrix) -> bool:
@@ -113,16 +113,7 @@ def test_lyapunov_equation_without_a_unique_solution_is_refused():
         solve_lyapunov(sp.Matrix([[1, 0], [0, -1]]), sp.eye(2))
 
 
-mode_parameters = st.fixed_dictionaries(
-    {
-        eta: st.floats(1e-3, 0.5),
-        beta: st.floats(0.0, 0.99),
-        rho: st.floats(1e-3, 10.0),
-        lam: st.floats(0.0, 1.0),
-        sigma2: st.floats(0.1, 10.0),
-        S: st.floats(1.0, 256.0),
-    }
-)
+mode_parameters = admissible
 
 
 @SPOT

@@ -6,25 +6,16 @@ import numpy as np
 import pytest
 import scipy.linalg
 import sympy as sp
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ousym import discrete, stationary
 from ousym.symbols import S, a0, b0, beta, eta, h, k, lam, rho, sigma2
 
-SPOT = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from ousym_strategies import SPOT, mode_parameters  # noqa: E402  (tests/ousym is on pytest's pythonpath)
 
 #: Stable parameters: eta h up to 0.99 of the edge 2 (1 + beta) (includes negative and complex eigenvalues).
-stable = st.fixed_dictionaries(
-    {
-        eta: st.floats(1e-3, 1.0),
-        beta: st.floats(0.0, 0.99),
-        rho: st.floats(1e-3, 10.0),
-        lam: st.floats(0.0, 1.0),
-        sigma2: st.floats(0.1, 10.0),
-        S: st.floats(1.0, 256.0),
-    }
-)
+stable = mode_parameters(eta_max=1.0)
 
 
 def is_stable(values) -> bool:

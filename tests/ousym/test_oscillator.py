@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import sympy as sp
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ousym import oscillator
@@ -14,7 +14,7 @@ from ousym.decomposition import U_mode
 from ousym.linreg import A_mode, D_mode, kappa
 from ousym.symbols import S, a0, alpha_sym, b0, beta, eta, gamma_sym, lam, rho, sigma2, t
 
-SPOT = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from ousym_strategies import SPOT, admissible  # noqa: E402  (tests/ousym is on pytest's pythonpath)
 
 
 def is_zero(expression) -> bool:
@@ -75,16 +75,6 @@ def test_mean_trajectory_is_the_propagator_applied_to_the_initial_state():
         assert abs(difference) < 1e-35
 
 
-admissible = st.fixed_dictionaries(
-    {
-        eta: st.floats(1e-3, 0.5),
-        beta: st.floats(0.0, 0.99),
-        rho: st.floats(1e-3, 10.0),
-        lam: st.floats(0.0, 1.0),
-        sigma2: st.floats(0.1, 10.0),
-        S: st.floats(1.0, 256.0),
-    }
-)
 
 
 @SPOT

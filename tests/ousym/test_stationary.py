@@ -5,25 +5,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 import sympy as sp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ousym import oscillator, stationary
 from ousym.linreg import A_block, A_mode, D_block, kappa
 from ousym.symbols import H, I_n, S, Sigma, beta, eta, j, k, lam, n, rho, sigma2, t, tau
 
-SPOT = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+from ousym_strategies import SPOT, admissible  # noqa: E402  (tests/ousym is on pytest's pythonpath)
 
-admissible = st.fixed_dictionaries(
-    {
-        eta: st.floats(1e-3, 0.5),
-        beta: st.floats(0.0, 0.99),
-        rho: st.floats(1e-3, 10.0),
-        lam: st.floats(0.0, 1.0),
-        sigma2: st.floats(0.1, 10.0),
-        S: st.floats(1.0, 256.0),
-    }
-)
 
 
 def test_velocity_correlation_is_the_22_entry_of_the_propagator():
