@@ -7,7 +7,6 @@ import pytest
 import scipy.linalg
 import sympy as sp
 from hypothesis import given
-from hypothesis import strategies as st
 
 from ousym import kwon_ao_decomposition, solve_lyapunov, symmetric_drift_decomposition
 from ousym.decomposition import Q_block, Q_mode, U_block, U_mode
