@@ -11,8 +11,11 @@ torchvision = pytest.importorskip("torchvision")
 
 from numeric import TrajectoryRecorder  # noqa: E402
 
-STEPS_PER_CALL = 3
 NUM_DIRECTIONS = 30
+PROJECTION_BLOCK = NUM_DIRECTIONS // 2  # the recorder's default
+# a round is one whole projection block, so every round pays for its matrix product (with a
+# round shorter than a block, the median round would be one without the product)
+STEPS_PER_CALL = PROJECTION_BLOCK
 
 
 def make_training(seed):
@@ -41,7 +44,8 @@ def test_recorder_overhead_resnet18(compare):
         num_params = sum(p.numel() for p in model_r.parameters())
         directions = torch.randn(NUM_DIRECTIONS, num_params)
         directions /= directions.norm(dim=1, keepdim=True)
-        recorder = TrajectoryRecorder(optimizer_r, directions=directions, chunk_size=256)
+        recorder = TrajectoryRecorder(optimizer_r, directions=directions, chunk_size=256,
+                                      projection_block=PROJECTION_BLOCK)
         model.train()
         model_r.train()
 

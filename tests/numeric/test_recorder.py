@@ -125,6 +125,68 @@ def test_recorder_groups_every_and_zero_momentum():
                                    atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
 
 
+def test_recorder_one_rate_with_a_momentum_free_group_every_step():
+    """every=1 with one learning rate across groups: position projections are accumulated
+    from velocity projections within a block; a momentum-free group's velocity is delta/eta."""
+    model, batches = make_problem(seed=2)
+    first, second = model[0], model[2]
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(3, num_params)
+    groups = [(0.05, 0.9, 1e-2)] * 2 + [(0.05, 0.0, 1e-3)] * 2
+    start = flat(model.parameters()).detach()
+    expected = hand_written_run(model, batches, 23, groups, directions, start)
+    optimizer = torch.optim.SGD([
+        {"params": first.parameters(), "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-2},
+        {"params": second.parameters(), "lr": 0.05, "momentum": 0.0, "weight_decay": 1e-3}])
+    recorder = TrajectoryRecorder(optimizer, directions=directions, projection_block=4,
+                                  chunk_size=10)
+    for k in range(23):
+        optimizer.zero_grad()
+        loss_of(model, batches[k % len(batches)]).backward()
+        optimizer.step()
+        recorder.record()
+    record = recorder.trajectory()
+    for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
+                "velocity_projection"):
+        # as above: the momentum-free group's delta/eta carries ~1e-16 |theta| / |delta|
+        np.testing.assert_allclose(record[key], expected[key], rtol=1e-9,
+                                   atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
+
+
+def test_recorder_follows_a_learning_rate_schedule():
+    """The learning rate changes every step: accumulated position projections must use each
+    step's own rate (read from the optimizer before the scheduler steps)."""
+    model, batches = make_problem(seed=3)
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(5, num_params)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.08, momentum=0.9, weight_decay=1e-3)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.8)
+    recorder = TrajectoryRecorder(optimizer, directions=directions, projection_block=6)
+    start = flat(model.parameters()).detach().clone()
+    thetas, buffers = [], []
+    for k in range(17):
+        optimizer.zero_grad()
+        loss_of(model, batches[k % len(batches)]).backward()
+        optimizer.step()
+        recorder.record()
+        scheduler.step()
+        thetas.append(flat(model.parameters()).detach().clone())
+        buffers.append(flat(optimizer.state[p]["momentum_buffer"] for p in model.parameters()))
+    record = recorder.trajectory()
+    thetas, buffers = torch.stack(thetas), torch.stack(buffers)
+    theta_projection = ((thetas - start) @ directions.T).numpy()
+    velocity_projection = (-buffers @ directions.T).numpy()
+    # float64 iterates: the accumulated and the direct projections differ by the rounding of
+    # the parameter updates, a few ulps of |theta| per step
+    scale = np.abs(theta_projection).max()
+    np.testing.assert_allclose(record["theta_projection"], theta_projection, rtol=1e-10,
+                               atol=1e-12 * scale)
+    np.testing.assert_allclose(record["velocity_projection"], velocity_projection, rtol=1e-12)
+    steps = np.diff(np.vstack([start.numpy(), thetas.numpy()]), axis=0)
+    np.testing.assert_allclose(record["local_displacement_sq"], (steps ** 2).sum(axis=1),
+                               rtol=1e-10)
+
+
 def run_steps(model, optimizer, recorder, batches, first, last, checkpoints=None, fail_at=None):
     for k in range(first, last + 1):
         if k == fail_at:
@@ -241,3 +303,19 @@ def test_recorder_on_cuda_matches_cpu():
         # float64 on both devices; reductions are ordered differently on the GPU
         np.testing.assert_allclose(records[1][key], records[0][key], rtol=1e-9, atol=1e-12,
                                    err_msg=key)
+
+
+def test_blocked_projection_equals_one_product():
+    """The CPU path splits the inner dimension of vectors @ directions.T into blocks (used for
+    models with more than 2 * 65536 parameters); it must equal the single product."""
+    from numeric._recorder import _SPLIT, _project
+
+    generator = torch.Generator().manual_seed(4)
+    size = 3 * _SPLIT + 1234  # whole blocks and a remainder
+    directions = torch.randn(7, size, generator=generator)
+    vectors = torch.randn(5, size, generator=generator)
+    # the worst-case rounding bound of a float64 dot product of length n, both ways:
+    # n * eps * sum |x_i y_i| (about 6e-6 here; a dropped block or remainder would be ~1e2)
+    bound = size * np.finfo(np.float64).eps * (vectors.abs() @ directions.abs().T).numpy()
+    error = np.abs(_project(directions, vectors).numpy() - (vectors @ directions.T).numpy())
+    assert np.all(error <= 2 * bound)
