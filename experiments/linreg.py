@@ -172,6 +172,7 @@ class _NumpyOps:
     def __init__(self, seed, dtype):
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype or np.float64)
+        self._buffers = {}
 
     def asarray(self, x):
         return np.asarray(x, dtype=self.dtype)
@@ -192,7 +193,19 @@ class _NumpyOps:
         return self.rng.standard_normal(shape, dtype=self.dtype)
 
     def take_rows(self, x, idx):
-        return np.take(x, idx.reshape(-1), axis=0).reshape(*idx.shape, x.shape[1])
+        # into a buffer reused every step (a fresh 51 MB array per step on mnist5k x 64 seeds
+        # costs its page faults); mode="clip" because "raise" copies through a temporary when
+        # given out=, and the indices are in range by construction
+        shape = (*idx.shape, x.shape[1])
+        out = self._buffers.get((id(x), shape))
+        if out is None:
+            out = self._buffers[(id(x), shape)] = np.empty(shape, dtype=x.dtype)
+        return np.take(x, idx, axis=0, out=out, mode="clip")
+
+    def times_transpose(self, a, b):
+        """``a @ b^T`` batched; NumPy's stacked matmul is ~1.5x faster on a contiguous
+        right operand than on a transposed view."""
+        return np.matmul(a, np.ascontiguousarray(b.swapaxes(-1, -2)))
 
     def host(self, x):
         return np.asarray(x, dtype=np.float64)
@@ -234,6 +247,9 @@ class _TorchOps:
     def take_rows(self, x, idx):
         # index_select: Torch's 2-D advanced indexing is ~100x slower on CPU
         return self.torch.index_select(x, 0, idx.reshape(-1)).reshape(*idx.shape, x.shape[1])
+
+    def times_transpose(self, a, b):
+        return a @ b.transpose(-1, -2)  # bmm reads the transposed view as it is
 
     def host(self, x):
         return x.detach().to("cpu", self.torch.float64).numpy()
@@ -418,7 +434,7 @@ def run_sgd(problem: LeastSquares, *, eta: float, beta: float, batch_size: int,
             if noise == "minibatch":
                 idx = _sample_without_replacement(ops, n, num_seeds, batch_size)
                 xb = ops.take_rows(Xo, idx)  # (seeds, S, d)
-                residual = xb @ theta.swapaxes(1, 2) - ops.take_rows(Yo, idx)  # (seeds, S, c)
+                residual = ops.times_transpose(xb, theta) - ops.take_rows(Yo, idx)  # (seeds, S, c)
                 grad = (residual.swapaxes(1, 2) @ xb) / batch_size
             else:
                 grad = theta @ hess - b_t + noise_scale * (

@@ -101,8 +101,7 @@ class Ops:
     log: Callable[[Any], Any]
     log1p: Callable[[Any], Any]
     sqrt: Callable[[Any], Any]
-    cos: Callable[[Any], Any]
-    sin: Callable[[Any], Any]
+    cos_sin: Callable[[Any], Any]  # x -> (cos x, sin x)
     abs: Callable[[Any], Any]
     atan2: Callable[[Any, Any], Any]
     fmod: Callable[[Any, Any], Any]
@@ -207,7 +206,7 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         def under_branch(g, w2, tt):
             alpha = ops.sqrt(w2 - g * g)
             phase = alpha * tt
-            return under(g, tt, alpha, ops.exp(-g * tt), ops.cos(phase), ops.sin(phase))
+            return under(g, tt, alpha, ops.exp(-g * tt), *ops.cos_sin(phase))
 
         series_mask = ops.abs(x) <= SERIES_MAX_CONTINUOUS
         over_mask = x > SERIES_MAX_CONTINUOUS
@@ -344,8 +343,7 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         root_c = ops.sqrt(where(cplx, -delta, 1.0))
         phi = ops.atan2(root_c, m)
         modulus_k = ops.exp(0.5 * k * ops.log(beta_c))
-        cos_k = ops.cos(k * phi)
-        sin_k = ops.sin(k * phi)
+        cos_k, sin_k = ops.cos_sin(k * phi)
         return dict(m=m, p=p, series=series, real=real, m_k=m_k, m_k1=m_k1, c_poly=c_poly,
                     s_poly=s_poly, root=root, mu_k=mu_k, q_k=q_k, sign_m=sign_m,
                     root_plus=root_plus, root_minus=root_minus, modulus_k=modulus_k,

@@ -24,9 +24,31 @@ def _assemble(shape, flats, parts):
     return out
 
 
+def _cos_sin(x):
+    r"""``(cos x, sin x)`` from one tangent of the half angle, :math:`u = \tan(x/2)`.
+
+    With :math:`m = \min(|u|, 1/|u|) \le 1` (so that every step is well conditioned):
+    :math:`\cos x = \mathrm{sign}(1 - |u|)\,(1 - m^2)/(1 + m^2)` and
+    :math:`\sin x = \mathrm{sign}(u)\,2m/(1 + m^2)` (for :math:`|u| > 1` these are the
+    half-angle formulas in :math:`1/u`). Absolute error a few ulps, as ``cos`` and ``sin``
+    themselves; no masks, so no branches.
+
+    Why: NumPy's float64 ``cos`` and ``sin`` run one element at a time (about 20-28 ns each
+    here) while its ``tan`` is vectorised (about 2 ns) with exact argument reduction (< 1 ulp
+    up to 1e9), so this is several times faster on the underdamped modes.
+    """
+    u = np.tan(0.5 * x)  # x / 2 is exact
+    a = np.abs(u)
+    with np.errstate(divide="ignore"):  # u = 0: 1/0 = inf, and min(0, inf) = 0
+        m = np.minimum(a, 1.0 / a)
+    m2 = m * m
+    r = 1.0 / (1.0 + m2)
+    return np.copysign((1.0 - m2) * r, 1.0 - a), np.copysign(2.0 * m * r, u)
+
+
 _OPS = Ops(
     where=np.where, exp=np.exp, expm1=np.expm1, log=np.log, log1p=np.log1p, sqrt=np.sqrt,
-    cos=np.cos, sin=np.sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
+    cos_sin=_cos_sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
     pow=np.power, one_like=np.ones_like, broadcast=np.broadcast_arrays,
     broadcast_to=np.broadcast_to, scatter=_scatter, count=np.count_nonzero,
     indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: a.reshape(-1)[flat],

@@ -74,14 +74,40 @@ def _prepare(arguments: dict[str, Any], *, model: str | None = None,
     return batch
 
 
+# Elements per call of a generated NumPy kernel: a kernel is a few dozen elementwise
+# operations, and on blocks this size their temporaries stay in cache (about 1.7x faster on
+# 1e6 elements than one pass over whole arrays, measured in benchmarks/).
+_NUMPY_BLOCK = 1 << 16
+
+
 def _call(batch: Batch, kernel: str, names: tuple[str, ...]):
     function = getattr(_generated(batch.backend), kernel)
     args = [batch[n] for n in names]
     if batch.backend == "numpy":
-        results = function(*args)
+        results = _blocked_numpy(function, args, batch.shape)
         return tuple(_numpy_result(r, batch.shape) for r in results)
     torch = importlib.import_module("torch")
     return tuple(torch.broadcast_to(r, batch.shape) for r in function(*args))
+
+
+def _blocked_numpy(function, args, shape):
+    """``function(*args)`` evaluated on blocks of the leading axis of the broadcast ``shape``
+    (about ``_NUMPY_BLOCK`` elements each), written into preallocated results."""
+    total = math.prod(shape)
+    if total <= 2 * _NUMPY_BLOCK:
+        return function(*args)
+    rows = max(1, _NUMPY_BLOCK // (total // shape[0]))
+    if rows >= shape[0]:
+        return function(*args)
+    args = [a if a.size == 1 else np.broadcast_to(a, shape) for a in args]
+    results = None
+    for start in range(0, shape[0], rows):
+        part = function(*(a if a.size == 1 else a[start:start + rows] for a in args))
+        if results is None:
+            results = [np.empty(shape, dtype=np.result_type(p, np.float64)) for p in part]
+        for result, value in zip(results, part):
+            result[start:start + rows] = value
+    return results
 
 
 def _numpy_result(value, shape):

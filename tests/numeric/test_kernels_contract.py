@@ -233,6 +233,45 @@ def test_global_displacement_chunks_do_not_change_the_result(monkeypatch, rng):
     np.testing.assert_allclose(chunked, whole, rtol=1e-13)
 
 
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("shapes", [((40, 1), (1, 9)), ((500,), ())])
+def test_numpy_blocks_do_not_change_the_result(monkeypatch, rng, model, shapes):
+    """Large NumPy inputs are evaluated in blocks of the leading axis (kernels._NUMPY_BLOCK);
+    a block of 7 elements forces many blocks, including one row at a time for 2-D."""
+    # overdamped, near-critical and underdamped modes in one array, all below the edge 76
+    spread = np.logspace(-4, 1.5, np.prod(shapes[0])).reshape(shapes[0])
+    rho = rng.uniform(0.5, 1.5, size=shapes[0]) * spread
+    k = np.floor(rng.uniform(0, 300, size=shapes[1]))
+    whole = {name: call(model) for name, call in _calls(rho, k).items()}
+    monkeypatch.setattr(kernels, "_NUMPY_BLOCK", 7)
+    for name, call in _calls(rho, k).items():
+        for blocked, reference in zip(call(model), whole[name]):
+            assert blocked.shape == reference.shape
+            # the same elementwise operations on the same values: equal up to NumPy's SIMD
+            # and scalar loops rounding the last bit differently on block tails
+            np.testing.assert_allclose(blocked, reference, rtol=4 * np.finfo(float).eps,
+                                       atol=0, err_msg=name)
+
+
+def test_numpy_cos_sin_from_the_half_angle_tangent():
+    """The NumPy primitives take cos and sin from tan(x/2) (vectorised, unlike NumPy's float64
+    cos and sin); both must stay within a few ulps of the library functions everywhere."""
+    from numeric._primitives_numpy import _cos_sin
+
+    rng = np.random.default_rng(7)
+    x = np.concatenate([rng.uniform(0, 10, 10**5), 10 ** rng.uniform(-300, 9, 10**5),
+                        np.pi * np.arange(-8, 9) / 4, [0.0, np.pi / 2, np.pi]])
+    cos, sin = _cos_sin(x)
+    eps = np.finfo(float).eps
+    # bounded functions: absolute error; tan is < 1 ulp and the rational formulas in
+    # m = min(|u|, 1/|u|) <= 1 add a few roundings, so 4 ulps of 1 bound both
+    np.testing.assert_allclose(cos, np.cos(x), rtol=0, atol=4 * eps)
+    np.testing.assert_allclose(sin, np.sin(x), rtol=0, atol=4 * eps)
+    # tiny angles keep sin's relative accuracy (sin x = x)
+    tiny = x[(x > 0) & (x < 1e-8)]
+    np.testing.assert_allclose(_cos_sin(tiny)[1], tiny, rtol=4 * eps)
+
+
 def test_global_displacement_broadcasts_k_with_the_hyperparameters():
     k = np.array([1.0, 10.0, 100.0])
     out = numeric.global_displacement(np.array([0.1, 1.0]), k, eta=np.array([0.01, 0.02])[:, None],
