@@ -147,7 +147,8 @@ class TrajectoryRecorder:
     only the velocity for each step after it: the position projections follow from eq. 2,
     :math:`\langle\theta_k - \theta_{\rm ref}, q\rangle = \langle\theta_{k-1} -
     \theta_{\rm ref}, q\rangle + \eta_k\langle v_k, q\rangle` (accumulated in float64 and
-    re-anchored on the parameters at every block), which halves the dominant cost,
+    re-anchored on the parameters at every block, so a change made to the parameters outside
+    ``optimizer.step()`` shows from the next block on), which halves the dominant cost,
     :math:`2Pm` flops per projected vector. Otherwise each step holds both vectors.
 
     Files: with ``path`` (a directory, created if needed) each full chunk is written as
