@@ -51,7 +51,7 @@ _OPS = Ops(
     cos_sin=_cos_sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
     pow=np.power, one_like=np.ones_like, broadcast=np.broadcast_arrays,
     broadcast_to=np.broadcast_to, scatter=_scatter, count=np.count_nonzero,
-    indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: a.reshape(-1)[flat],
+    indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: np.take(a.reshape(-1), flat),
     first_true=lambda m: int(np.argmax(m.reshape(-1))), assemble=_assemble,
     multiply_add=lambda a, b, c: a * b + c,
 )
