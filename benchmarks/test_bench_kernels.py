@@ -113,14 +113,29 @@ def _numpy_case(pairs, lambdified, baseline):
     return candidate, lambda: _underdamped_numpy(rho, k), 1.0
 
 
-def _torch_case(pairs, lambdified, baseline):
+def _torch_case(pairs, lambdified, baseline, device="cpu"):
     import torch
 
     rho_np, k_np = pairs
-    rho, k = torch.as_tensor(rho_np), torch.as_tensor(k_np)
-    hyper = {name: torch.tensor(value, dtype=torch.float64)
+    rho = torch.as_tensor(rho_np, device=device)
+    k = torch.as_tensor(k_np, device=device)
+    hyper = {name: torch.tensor(value, dtype=torch.float64, device=device)
              for name, value in (("eta", ETA), ("beta", BETA), ("lam", LAM))}
 
+    def synchronised(function):
+        """On CUDA a call returns before the kernels finish: wait for them, so that the time
+        is the work's."""
+        if torch.device(device).type != "cuda":
+            return function
+
+        def timed():
+            out = function()
+            torch.cuda.synchronize(device)
+            return out
+
+        return timed
+
+    @synchronised
     def candidate():
         return numeric.velocity_correlation(rho, k, **hyper)
 
@@ -128,9 +143,16 @@ def _torch_case(pairs, lambdified, baseline):
     if baseline == "expm":
         return candidate, lambda: _expm_correlation(rho_np[sub], k_np[sub]), N_PAIRS / EXPM_SUBSET
     if baseline == "lambdify":
-        return candidate, lambda: lambdified["torch"](rho, k, hyper["eta"], hyper["beta"],
-                                                      hyper["lam"]), 1.0
-    return candidate, lambda: _underdamped_torch(rho, k), 1.0
+        return candidate, synchronised(lambda: lambdified["torch"](
+            rho, k, hyper["eta"], hyper["beta"], hyper["lam"])), 1.0
+    return candidate, synchronised(lambda: _underdamped_torch(rho, k)), 1.0
+
+
+def _host(values):
+    """NumPy float64 values of a NumPy array or a tensor on any device."""
+    if hasattr(values, "detach"):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
 TARGETS = {"expm": 50, "lambdify": 3, "floor": 0.5}
@@ -139,18 +161,21 @@ LABELS = {"expm": "per-mode scipy expm", "lambdify": "lambdify(three-regime Piec
 
 
 @pytest.mark.parametrize("baseline", ["expm", "lambdify", "floor"])
-@pytest.mark.parametrize("backend", ["numpy", "torch cpu"])
+@pytest.mark.parametrize("backend", ["numpy", "torch cpu", "torch cuda"])
 def test_velocity_correlation(pairs, lambdified, compare, backend, baseline):
-    if backend == "torch cpu":
-        pytest.importorskip("torch")
-        candidate, reference, scale = _torch_case(pairs, lambdified, baseline)
+    if backend.startswith("torch"):
+        torch = pytest.importorskip("torch")
+        if backend == "torch cuda" and not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        candidate, reference, scale = _torch_case(pairs, lambdified, baseline,
+                                                  device=backend.split()[1])
     else:
         candidate, reference, scale = _numpy_case(pairs, lambdified, baseline)
     # a ratio is only meaningful against a baseline that computes the same thing: compare
     # values once (the floor only on underdamped modes, where it is the right formula)
     rho, k = pairs
-    got = np.asarray(candidate())
-    expected = np.asarray(reference())
+    got = _host(candidate())
+    expected = _host(reference())
     if baseline == "expm":
         np.testing.assert_allclose(got[:EXPM_SUBSET], expected, rtol=1e-8, atol=1e-12)
     else:

@@ -27,28 +27,37 @@ def _setup(loader):
     return problem, directions, eta
 
 
-def _runner(problem, directions, eta, *, seeds, steps, backend="numpy"):
+def _runner(problem, directions, eta, *, seeds, steps, backend="numpy", device=None):
     def run():
         run_sgd(problem, eta=eta, beta=0.9, batch_size=128, num_steps=steps, num_seeds=seeds,
-                directions=directions, backend=backend)
+                directions=directions, backend=backend, device=device)
     return run
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch cuda"])
 @pytest.mark.parametrize("name, loader", [("mnist5k", load_mnist5k), ("digits", load_digits)])
-def test_batched_seeds_vs_sequential(compare, name, loader):
-    """64 seeds in one batched run against 64 sequential single-seed runs (8 timed, x8)."""
+def test_batched_seeds_vs_sequential(compare, name, loader, backend):
+    """64 seeds in one batched run against 64 sequential single-seed runs (8 timed, x8).
+    The CUDA variant runs where a device is present (run_sgd returns host arrays, so each
+    call includes the wait for the device)."""
+    options = {"backend": "numpy"}
+    if backend == "torch cuda":
+        torch = pytest.importorskip("torch")
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        options = {"backend": "torch", "device": "cuda"}
     problem, directions, eta = _setup(loader)
     steps = 300
-    batched = _runner(problem, directions, eta, seeds=64, steps=steps)
-    single = _runner(problem, directions, eta, seeds=1, steps=steps)
+    batched = _runner(problem, directions, eta, seeds=64, steps=steps, **options)
+    single = _runner(problem, directions, eta, seeds=1, steps=steps, **options)
 
     def sequential():
         for _ in range(8):
             single()
 
-    compare(batched, sequential, name=f"linreg {name}: 64 seeds batched vs sequential",
+    compare(batched, sequential, name=f"linreg {name}: 64 seeds batched vs sequential, {backend}",
             target=10, rounds=3, baseline_scale=8.0,
-            detail=f"{steps} steps, batch 128, 30 projections, numpy")
+            detail=f"{steps} steps, batch 128, 30 projections")
 
 
 def test_single_seed_budget(benchmark, record_ratio):
