@@ -201,21 +201,18 @@ class TrajectoryRecorder:
         self._params = self._check_optimizer(optimizer)
         first = self._params[0]
         self._device, self._dtype = first.device, first.dtype
-        # (parameter, its slice of the flat vector, its group), in optimizer order
-        self._layout = []
+        # (parameter, its slice of the flat vector, its group) in optimizer order, and each
+        # non-empty group's slice
+        self._layout, self._group_spans = [], []
         offset = 0
         for group in optimizer.param_groups:
+            begin = offset
             for p in group["params"]:
                 self._layout.append((p, slice(offset, offset + p.numel()), group))
                 offset += p.numel()
+            if offset > begin:
+                self._group_spans.append((group, slice(begin, offset)))
         self.num_params = offset
-        self._group_spans = []
-        offset = 0
-        for group in optimizer.param_groups:
-            size = sum(p.numel() for p in group["params"])
-            if size:
-                self._group_spans.append((group, slice(offset, offset + size)))
-            offset += size
         self.every = self._check_count(every, "every")
         self.chunk_size = self._check_count(chunk_size, "chunk_size")
 
