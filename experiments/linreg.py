@@ -166,6 +166,9 @@ class Trajectory:
         return {prefix + name: getattr(self, name) for name in names}
 
 
+_CACHE_BYTES = 1 << 20  # gathered rows per seed block of the NumPy gradient
+
+
 class _NumpyOps:
     """The few array operations the runner needs, on NumPy (float64 Generator streams)."""
 
@@ -192,20 +195,37 @@ class _NumpyOps:
     def normal(self, shape):
         return self.rng.standard_normal(shape, dtype=self.dtype)
 
-    def take_rows(self, x, idx):
-        # into a buffer reused every step (a fresh 51 MB array per step on mnist5k x 64 seeds
-        # costs its page faults); mode="clip" because "raise" copies through a temporary when
-        # given out=, and the indices are in range by construction
-        shape = (*idx.shape, x.shape[1])
-        out = self._buffers.get((id(x), shape))
-        if out is None:
-            out = self._buffers[(id(x), shape)] = np.empty(shape, dtype=x.dtype)
-        return np.take(x, idx, axis=0, out=out, mode="clip")
+    def minibatch_gradient(self, X, Y, theta, idx):
+        """``X_b^T (X_b theta^T - Y_b) / S`` per seed, ``(seeds, c, d)``, for the rows ``idx``
+        ``(seeds, S)``.
 
-    def times_transpose(self, a, b):
-        """``a @ b^T`` batched; NumPy's stacked matmul is ~1.5x faster on a contiguous
-        right operand than on a transposed view."""
-        return np.matmul(a, np.ascontiguousarray(b.swapaxes(-1, -2)))
+        Seeds go in blocks whose gathered rows fit in about 1 MB, so each block's rows are
+        still in cache when the two products read them: for mnist5k (S = 128, d = 784) that is
+        one seed a block, 1.7x faster than gathering all 64 seeds' rows (51 MB) first, which
+        runs at memory bandwidth. Buffers are reused across steps.
+        """
+        seeds, size = idx.shape
+        d, c = X.shape[1], Y.shape[1]
+        block = max(1, min(seeds, _CACHE_BYTES // (size * d * X.itemsize)))
+        key = (id(X), block, size)
+        if key not in self._buffers:
+            self._buffers[key] = (np.empty((block, size, d), X.dtype),
+                                  np.empty((block, size, c), Y.dtype),
+                                  np.empty((block, size, c), X.dtype))
+        rows, targets, residual = self._buffers[key]
+        grad = np.empty((seeds, c, d), dtype=X.dtype)
+        for start in range(0, seeds, block):
+            stop = min(start + block, seeds)
+            n = stop - start
+            # mode="clip": "raise" copies through a temporary when given out=; the indices
+            # are in range by construction
+            np.take(X, idx[start:stop], axis=0, out=rows[:n], mode="clip")
+            np.take(Y, idx[start:stop], axis=0, out=targets[:n], mode="clip")
+            np.matmul(rows[:n], theta[start:stop].swapaxes(1, 2), out=residual[:n])
+            np.subtract(residual[:n], targets[:n], out=residual[:n])
+            np.matmul(residual[:n].swapaxes(1, 2), rows[:n], out=grad[start:stop])
+        grad /= size
+        return grad
 
     def host(self, x):
         return np.asarray(x, dtype=np.float64)
@@ -244,12 +264,13 @@ class _TorchOps:
         return self.torch.randn(tuple(shape), generator=self.gen, dtype=self.dtype,
                                 device=self.device)
 
-    def take_rows(self, x, idx):
+    def minibatch_gradient(self, X, Y, theta, idx):
+        """As :meth:`_NumpyOps.minibatch_gradient`, all seeds at once (batched products)."""
         # index_select: Torch's 2-D advanced indexing is ~100x slower on CPU
-        return self.torch.index_select(x, 0, idx.reshape(-1)).reshape(*idx.shape, x.shape[1])
-
-    def times_transpose(self, a, b):
-        return a @ b.transpose(-1, -2)  # bmm reads the transposed view as it is
+        rows = self.torch.index_select(X, 0, idx.reshape(-1)).reshape(*idx.shape, X.shape[1])
+        targets = self.torch.index_select(Y, 0, idx.reshape(-1)).reshape(*idx.shape, Y.shape[1])
+        residual = rows @ theta.transpose(1, 2) - targets  # bmm reads the transposed view
+        return (residual.transpose(1, 2) @ rows) / idx.shape[1]
 
     def host(self, x):
         return x.detach().to("cpu", self.torch.float64).numpy()
@@ -433,9 +454,7 @@ def run_sgd(problem: LeastSquares, *, eta: float, beta: float, batch_size: int,
         for k in steps:
             if noise == "minibatch":
                 idx = _sample_without_replacement(ops, n, num_seeds, batch_size)
-                xb = ops.take_rows(Xo, idx)  # (seeds, S, d)
-                residual = ops.times_transpose(xb, theta) - ops.take_rows(Yo, idx)  # (seeds, S, c)
-                grad = (residual.swapaxes(1, 2) @ xb) / batch_size
+                grad = ops.minibatch_gradient(Xo, Yo, theta, idx)  # (seeds, c, d)
             else:
                 grad = theta @ hess - b_t + noise_scale * (
                     ops.normal((num_seeds, c, d)) @ factor_t)

@@ -60,6 +60,30 @@ def test_full_batch_runner_is_equation_2(problem, backend):
     np.testing.assert_allclose(traj.local_sq[1:, 0], (delta ** 2).sum(1), rtol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_minibatch_gradient_per_seed(monkeypatch, backend):
+    """Each seed's gradient is X_b^T (X_b theta^T - Y_b) / S on its own rows; the NumPy ops
+    go through the seeds in cache-sized blocks (here 3 seeds a block, the last one short)."""
+    import experiments.linreg as linreg
+
+    rng = np.random.default_rng(5)
+    seeds, size, d, c = 7, 5, 4, 2
+    X, Y = rng.standard_normal((30, d)), rng.standard_normal((30, c))
+    theta = rng.standard_normal((seeds, c, d))
+    idx = rng.integers(0, 30, (seeds, size))
+    expected = np.stack([(X[i] @ t.T - Y[i]).T @ X[i] / size for i, t in zip(idx, theta)])
+    monkeypatch.setattr(linreg, "_CACHE_BYTES", 3 * size * d * 8)
+    if backend == "numpy":
+        got = linreg._NumpyOps(0, None).minibatch_gradient(X, Y, theta, idx)
+    else:
+        torch = pytest.importorskip("torch")
+        ops = linreg._TorchOps(0, None, "cpu")
+        got = ops.host(ops.minibatch_gradient(ops.asarray(X), ops.asarray(Y), ops.asarray(theta),
+                                              torch.as_tensor(idx)))
+    # float64 sums of 5 products: rounding is a few ulps of the terms
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+
+
 def test_minibatches_are_without_replacement_and_uniform():
     """Each row holds S distinct indices, and every index appears with frequency S/N: the
     count of each index over R rows is Binomial(R, S/N); 5 standard deviations on the largest
