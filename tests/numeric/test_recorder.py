@@ -125,6 +125,31 @@ def test_recorder_groups_every_and_zero_momentum():
                                    atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
 
 
+def test_recorder_every_other_step_with_momentum_everywhere():
+    """every=2 with momentum everywhere: delta_k comes from the buffer (no theta_{k-1} is
+    kept), and each recorded step holds both vectors (no accumulation across skipped steps)."""
+    model, batches = make_problem(seed=4)
+    num_params = sum(p.numel() for p in model.parameters())
+    directions = torch.randn(3, num_params)
+    start = flat(model.parameters()).detach()
+    expected = hand_written_run(model, batches, 21, [(0.05, 0.9, 1e-2)] * 4, directions, start)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+    recorder = TrajectoryRecorder(optimizer, directions=directions, every=2, projection_block=3)
+    for k in range(21):
+        optimizer.zero_grad()
+        loss_of(model, batches[k % len(batches)]).backward()
+        optimizer.step()
+        recorder.record()
+    record = recorder.trajectory()
+    chosen = np.arange(1, 21, 2)  # steps 2, 4, ..., 20
+    np.testing.assert_array_equal(record["step"], expected["step"][chosen])
+    for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
+                "velocity_projection"):
+        # float64: as in the first test, a few ulps that grow slowly with the steps
+        np.testing.assert_allclose(record[key], expected[key][chosen], rtol=1e-10,
+                                   atol=1e-12 * np.abs(expected[key]).max(), err_msg=key)
+
+
 def test_recorder_one_rate_with_a_momentum_free_group_every_step():
     """every=1 with one learning rate across groups: position projections are accumulated
     from velocity projections within a block; a momentum-free group's velocity is delta/eta."""
