@@ -62,6 +62,20 @@ def hand_written_run(model, batches, steps, groups, directions, reference):
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}
 
 
+def run_steps(model, optimizer, recorder, batches, first, last, checkpoints=None, fail_at=None):
+    for k in range(first, last + 1):
+        if k == fail_at:
+            raise RuntimeError("simulated kill")
+        optimizer.zero_grad()
+        loss = loss_of(model, batches[k % len(batches)])
+        loss.backward()
+        optimizer.step()
+        recorder.record(loss=loss.detach())
+        if checkpoints is not None:
+            checkpoints[k] = (copy.deepcopy(model.state_dict()),
+                              copy.deepcopy(optimizer.state_dict()))
+
+
 def test_recorder_matches_hand_written_loop():
     model, batches = make_problem()
     num_params = sum(p.numel() for p in model.parameters())
@@ -74,12 +88,7 @@ def test_recorder_matches_hand_written_loop():
     # blocks of 3 projections straddle chunks of 7 rows: a flush projects a partial block
     with TrajectoryRecorder(optimizer, directions=directions, reference=reference,
                             chunk_size=7, projection_block=3) as recorder:
-        for k in range(25):
-            optimizer.zero_grad()
-            loss = loss_of(model, batches[k % len(batches)])
-            loss.backward()
-            optimizer.step()
-            recorder.record(loss=loss.detach())
+        run_steps(model, optimizer, recorder, batches, 0, 24)
     record = recorder.trajectory()
     np.testing.assert_array_equal(record["step"], expected["step"])
     # float64 rounding: PyTorch and eq. 2 order the same operations differently, so the
@@ -135,11 +144,7 @@ def test_recorder_every_other_step_with_momentum_everywhere():
     expected = hand_written_run(model, batches, 21, [(0.05, 0.9, 1e-2)] * 4, directions, start)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
     recorder = TrajectoryRecorder(optimizer, directions=directions, every=2, projection_block=3)
-    for k in range(21):
-        optimizer.zero_grad()
-        loss_of(model, batches[k % len(batches)]).backward()
-        optimizer.step()
-        recorder.record()
+    run_steps(model, optimizer, recorder, batches, 0, 20)
     record = recorder.trajectory()
     chosen = np.arange(1, 21, 2)  # steps 2, 4, ..., 20
     np.testing.assert_array_equal(record["step"], expected["step"][chosen])
@@ -165,11 +170,7 @@ def test_recorder_one_rate_with_a_momentum_free_group_every_step():
         {"params": second.parameters(), "lr": 0.05, "momentum": 0.0, "weight_decay": 1e-3}])
     recorder = TrajectoryRecorder(optimizer, directions=directions, projection_block=4,
                                   chunk_size=10)
-    for k in range(23):
-        optimizer.zero_grad()
-        loss_of(model, batches[k % len(batches)]).backward()
-        optimizer.step()
-        recorder.record()
+    run_steps(model, optimizer, recorder, batches, 0, 22)
     record = recorder.trajectory()
     for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
                 "velocity_projection"):
@@ -210,20 +211,6 @@ def test_recorder_follows_a_learning_rate_schedule():
     steps = np.diff(np.vstack([start.numpy(), thetas.numpy()]), axis=0)
     np.testing.assert_allclose(record["local_displacement_sq"], (steps ** 2).sum(axis=1),
                                rtol=1e-10)
-
-
-def run_steps(model, optimizer, recorder, batches, first, last, checkpoints=None, fail_at=None):
-    for k in range(first, last + 1):
-        if k == fail_at:
-            raise RuntimeError("simulated kill")
-        optimizer.zero_grad()
-        loss = loss_of(model, batches[k % len(batches)])
-        loss.backward()
-        optimizer.step()
-        recorder.record(loss=loss.detach())
-        if checkpoints is not None:
-            checkpoints[k] = (copy.deepcopy(model.state_dict()),
-                              copy.deepcopy(optimizer.state_dict()))
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
