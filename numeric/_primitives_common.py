@@ -190,8 +190,9 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         return out
 
     def _damped(gamma, omega2, t, series, over, under):
-        """Evaluate ``series(g, w2, t, x, decay)``, ``over(g, w2, t, alpha, slow, e_slow,
-        fast_ratio)`` or ``under(g, t, alpha, decay, cos, sin)`` on the elements of each regime."""
+        """Evaluate ``series(g, t, x, decay)``, ``over(g + alpha, t, alpha, slow, e_slow, fast)``
+        (``fast`` = :math:`(r_- - r_+)t = -2\alpha t`) or ``under(g, t, alpha, decay, cos, sin)``
+        on the elements of each regime."""
         x = (gamma * gamma - omega2) * t * t
 
         def series_branch(g, w2, tt):
@@ -199,21 +200,22 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
 
         def over_branch(g, w2, tt):
             alpha = ops.sqrt(g * g - w2)
-            slow = -w2 / (g + alpha)  # r_+ = -gamma + alpha, without cancellation
-            # e^{(r_- - r_+) t} = e^{-2 alpha t} < e^{-0.2} here
-            return over(g, tt, alpha, slow, ops.exp(slow * tt), ops.exp(-2.0 * alpha * tt))
+            g_plus_alpha = g + alpha
+            slow = -w2 / g_plus_alpha  # r_+ = -gamma + alpha, without cancellation
+            # (r_- - r_+) t = -2 alpha t < -0.2 here: the branch takes its exp or expm1
+            return over(g_plus_alpha, tt, alpha, slow, ops.exp(slow * tt), -2.0 * alpha * tt)
 
         def under_branch(g, w2, tt):
             alpha = ops.sqrt(w2 - g * g)
             phase = alpha * tt
             return under(g, tt, alpha, ops.exp(-g * tt), *ops.cos_sin(phase))
 
-        series_mask = ops.abs(x) <= SERIES_MAX_CONTINUOUS
         over_mask = x > SERIES_MAX_CONTINUOUS
+        under_mask = x < -SERIES_MAX_CONTINUOUS
         return _by_regime((gamma, omega2, t), [
-            (series_mask, series_branch),
             (over_mask, over_branch),
-            (~(series_mask | over_mask), under_branch),
+            (under_mask, under_branch),
+            (~(over_mask | under_mask), series_branch),
         ])
 
     def _fused_horner(coefficients, x):
@@ -232,7 +234,8 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         return _damped(
             gamma, omega2, t,
             series=lambda g, tt, x, decay: decay * _series_cosh(x),
-            over=lambda g, tt, alpha, slow, e_slow, ratio: e_slow * (1.0 + ratio) * 0.5,
+            over=lambda g_alpha, tt, alpha, slow, e_slow, fast:
+                e_slow * (1.0 + ops.exp(fast)) * 0.5,
             under=lambda g, tt, alpha, decay, cos, sin: decay * cos,
         )
 
@@ -240,8 +243,8 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         return _damped(
             gamma, omega2, t,
             series=lambda g, tt, x, decay: decay * tt * _series_sinhc(x),
-            over=lambda g, tt, alpha, slow, e_slow, ratio:
-                e_slow * (-ops.expm1(-2.0 * alpha * tt)) / (2.0 * alpha),
+            over=lambda g_alpha, tt, alpha, slow, e_slow, fast:
+                e_slow * (-ops.expm1(fast)) / (2.0 * alpha),
             under=lambda g, tt, alpha, decay, cos, sin: decay * sin / alpha,
         )
 
@@ -250,8 +253,8 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         return _damped(
             gamma, omega2, t,
             series=lambda g, tt, x, decay: decay * (_series_cosh(x) + g * tt * _series_sinhc(x)),
-            over=lambda g, tt, alpha, slow, e_slow, ratio:
-                e_slow * ((g + alpha) + slow * ratio) / (2.0 * alpha),
+            over=lambda g_alpha, tt, alpha, slow, e_slow, fast:
+                e_slow * (g_alpha + slow * ops.exp(fast)) / (2.0 * alpha),
             under=lambda g, tt, alpha, decay, cos, sin: decay * (cos + g * sin / alpha),
         )
 
@@ -260,8 +263,8 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
         return _damped(
             gamma, omega2, t,
             series=lambda g, tt, x, decay: decay * (_series_cosh(x) - g * tt * _series_sinhc(x)),
-            over=lambda g, tt, alpha, slow, e_slow, ratio:
-                e_slow * (slow + (g + alpha) * ratio) / (2.0 * alpha),
+            over=lambda g_alpha, tt, alpha, slow, e_slow, fast:
+                e_slow * (slow + g_alpha * ops.exp(fast)) / (2.0 * alpha),
             under=lambda g, tt, alpha, decay, cos, sin: decay * (cos - g * sin / alpha),
         )
 

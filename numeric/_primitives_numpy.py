@@ -25,25 +25,23 @@ def _assemble(shape, flats, parts):
 
 
 def _cos_sin(x):
-    r"""``(cos x, sin x)`` from one tangent of the half angle, :math:`u = \tan(x/2)`.
+    r"""``(cos x, sin x)`` from one tangent of the half angle, :math:`u = \tan(x/2)`:
+    :math:`\cos x = (1 - u^2)/(1 + u^2)`, :math:`\sin x = 2u/(1 + u^2)`.
 
-    With :math:`m = \min(|u|, 1/|u|) \le 1` (so that every step is well conditioned):
-    :math:`\cos x = \mathrm{sign}(1 - |u|)\,(1 - m^2)/(1 + m^2)` and
-    :math:`\sin x = \mathrm{sign}(u)\,2m/(1 + m^2)` (for :math:`|u| > 1` these are the
-    half-angle formulas in :math:`1/u`). Absolute error a few ulps, as ``cos`` and ``sin``
-    themselves; no masks, so no branches.
+    Absolute error a few ulps, as ``cos`` and ``sin`` themselves: tan is below 1 ulp, and the
+    formulas are well conditioned in :math:`u` everywhere (the derivatives in :math:`u` are at
+    most 2 in size, and near the poles of tan, :math:`|u| \le 2\cdot 10^{16}` for float64
+    arguments, so :math:`u^2` never overflows). No masks, so no branches; tiny angles keep
+    sin's relative accuracy (:math:`\sin x = 2u/(1 + u^2)`, :math:`u = x/2`).
 
-    Why: NumPy's float64 ``cos`` and ``sin`` run one element at a time (about 20-28 ns each
-    here) while its ``tan`` is vectorised (about 2 ns) with exact argument reduction (< 1 ulp
-    up to 1e9), so this is several times faster on the underdamped modes.
+    Why: NumPy's float64 ``cos`` and ``sin`` run one element at a time (about 9 ns each here)
+    while its ``tan`` is vectorised (about 1.5 ns) with exact argument reduction (< 1 ulp up
+    to 1e9), so this is several times faster on the underdamped modes.
     """
     u = np.tan(0.5 * x)  # x / 2 is exact
-    a = np.abs(u)
-    with np.errstate(divide="ignore"):  # u = 0: 1/0 = inf, and min(0, inf) = 0
-        m = np.minimum(a, 1.0 / a)
-    m2 = m * m
-    r = 1.0 / (1.0 + m2)
-    return np.copysign((1.0 - m2) * r, 1.0 - a), np.copysign(2.0 * m * r, u)
+    u2 = u * u
+    r = 1.0 / (1.0 + u2)
+    return (1.0 - u2) * r, (u + u) * r
 
 
 _OPS = Ops(
