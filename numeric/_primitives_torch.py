@@ -17,6 +17,16 @@ __all__ = [
 ]
 
 
+_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
+                   lambda tensor: False)
+
+
+def plain_cpu(tensor) -> bool:
+    """Whether ``tensor`` is an ordinary CPU tensor whose memory NumPy can read: not a
+    subclass, not wrapped by a torch.func transform (``grad``, ``jacrev``, ...)."""
+    return type(tensor) is torch.Tensor and tensor.device.type == "cpu" and not _WRAPPED(tensor)
+
+
 def _scatter(out, flat, values):
     # out of place: differentiable in ``values`` (and in the kept elements of ``out``);
     # index_copy is several times faster than index_put on the CPU
@@ -30,7 +40,7 @@ def _gather(a, flat):
 def _indices(mask):
     # integer indices once per regime: gathering with them is far cheaper than boolean masks
     flat = mask.reshape(-1)
-    if flat.device.type == "cpu":
+    if plain_cpu(flat):
         # NumPy's flatnonzero is several times faster than torch's nonzero on the CPU (no
         # copy: the tensor and the array share memory)
         return torch.from_numpy(np.flatnonzero(flat.numpy()))
@@ -38,7 +48,7 @@ def _indices(mask):
 
 
 def _count(mask):
-    if mask.device.type == "cpu":
+    if plain_cpu(mask):
         # NumPy counts a boolean array ~40x faster than torch sums it (no int64 copy)
         return int(np.count_nonzero(mask.numpy()))
     return int(torch.count_nonzero(mask))

@@ -79,15 +79,43 @@ def _prepare(arguments: dict[str, Any], *, model: str | None = None,
 # 1e6 elements than one pass over whole arrays, measured in benchmarks/).
 _NUMPY_BLOCK = 1 << 16
 
+#: Evaluate torch CPU tensors with the NumPy kernels when no autograd graph is recorded.
+#: With torch operations each regime's elements are split out by index computations, gathers
+#: and scatters that run on one thread, and every operation is a pass over memory: 1e6 pairs
+#: of ``velocity_correlation`` took 33-35 ms on one thread and 25-30 ms on two, so about
+#: 20 ms of it does not shrink with more threads. The same generated formulas in NumPy, in
+#: cache-sized blocks, took 20-22 ms on one core (benchmarks/test_bench_kernels.py times
+#: both). The tensors' memory is read in place (float64; other dtypes are converted) and the
+#: results are CPU tensors of the inputs' dtype. Set to ``False`` to use torch operations on
+#: the CPU too. CUDA tensors, and calls that record a graph for autograd, always use torch.
+CPU_TENSORS_VIA_NUMPY = True
+
 
 def _call(batch: Batch, kernel: str, names: tuple[str, ...]):
-    function = getattr(_generated(batch.backend), kernel)
     args = [batch[n] for n in names]
     if batch.backend == "numpy":
+        function = getattr(_generated("numpy"), kernel)
         results = _blocked_numpy(function, args, batch.shape)
         return tuple(_numpy_result(r, batch.shape) for r in results)
     torch = importlib.import_module("torch")
+    if _numpy_can_evaluate(torch, args):
+        function = getattr(_generated("numpy"), kernel)
+        arrays = [a.detach().to(torch.float64).numpy() for a in args]
+        results = _blocked_numpy(function, arrays, batch.shape)
+        return tuple(_tensor_result(torch, r, batch.shape, args[0].dtype) for r in results)
+    function = getattr(_generated("torch"), kernel)
     return tuple(torch.broadcast_to(r, batch.shape) for r in function(*args))
+
+
+def _numpy_can_evaluate(torch, tensors) -> bool:
+    """Whether torch ``tensors`` may be computed by the NumPy kernels: plain CPU tensors (no
+    subclass, no torch.func transform) and no autograd graph to record."""
+    if not CPU_TENSORS_VIA_NUMPY:
+        return False
+    from ._primitives_torch import plain_cpu
+
+    recording = torch.is_grad_enabled()
+    return all(plain_cpu(t) and not (recording and t.requires_grad) for t in tensors)
 
 
 def _blocked_numpy(function, args, shape):
@@ -115,6 +143,14 @@ def _numpy_result(value, shape):
     if value.shape != tuple(shape):
         value = np.array(np.broadcast_to(value, shape))  # a writable array, not a view
     return value[()] if value.ndim == 0 else value
+
+
+def _tensor_result(torch, value, shape, dtype):
+    """A NumPy result as a fresh CPU tensor of ``dtype`` and the full ``shape``."""
+    value = np.asarray(value, dtype=np.float64)
+    if value.shape != tuple(shape) or value.base is not None or not value.flags.writeable:
+        value = np.array(np.broadcast_to(value, shape))  # its own memory, never an input's
+    return torch.from_numpy(value).to(dtype)
 
 
 def damping_ratio(rho, *, eta, beta, lam=0.0):
