@@ -2,7 +2,8 @@
 
 Ratios (higher is better), each against a baseline timed in the same process:
 
-* velocity_correlation on 10^6 (rho, k) pairs, NumPy and Torch (CPU):
+* velocity_correlation on 10^6 (rho, k) pairs, NumPy and Torch (CPU: by default, and with
+  torch operations, the path that autograd and CUDA take; CUDA where there is a device):
   - vs each mode's 2x2 scipy.linalg.expm (a subset timed, extrapolated), target 50;
   - vs sympy.lambdify of the three-regime Piecewise (stock lambdify, which is also NaN at
     zeta = 1), target 3;
@@ -23,6 +24,7 @@ import scipy.linalg
 import sympy as sp
 
 import numeric
+from numeric import kernels
 
 N_PAIRS = 10 ** 6
 ETA, BETA, LAM = 1e-2, 0.9, 1e-4  # zeta from ~50 (rho = 1e-4) down to ~0.05 (rho = 1e2)
@@ -113,7 +115,9 @@ def _numpy_case(pairs, lambdified, baseline):
     return candidate, lambda: _underdamped_numpy(rho, k), 1.0
 
 
-def _torch_case(pairs, lambdified, baseline, device="cpu"):
+def _torch_case(pairs, lambdified, baseline, device="cpu", torch_operations=False):
+    """Candidate and baseline on tensors; ``torch_operations`` evaluates with torch on the
+    CPU too (the path that autograd and CUDA take) instead of the NumPy kernels."""
     import torch
 
     rho_np, k_np = pairs
@@ -137,7 +141,13 @@ def _torch_case(pairs, lambdified, baseline, device="cpu"):
 
     @synchronised
     def candidate():
-        return numeric.velocity_correlation(rho, k, **hyper)
+        if not torch_operations:
+            return numeric.velocity_correlation(rho, k, **hyper)
+        kernels.CPU_TENSORS_VIA_NUMPY = False
+        try:
+            return numeric.velocity_correlation(rho, k, **hyper)
+        finally:
+            kernels.CPU_TENSORS_VIA_NUMPY = True
 
     sub = slice(0, EXPM_SUBSET)
     if baseline == "expm":
@@ -155,20 +165,28 @@ def _host(values):
     return np.asarray(values)
 
 
+# interleaved rounds per ratio: each call takes 10-100 ms, and the median of 9 keeps a
+# neighbour's burst on the shared cores from setting the ratio
+ROUNDS = 9
 TARGETS = {"expm": 50, "lambdify": 3, "floor": 0.5}
 LABELS = {"expm": "per-mode scipy expm", "lambdify": "lambdify(three-regime Piecewise)",
           "floor": "fused underdamped formula alone (floor)"}
 
 
 @pytest.mark.parametrize("baseline", ["expm", "lambdify", "floor"])
-@pytest.mark.parametrize("backend", ["numpy", "torch cpu", "torch cuda"])
+@pytest.mark.parametrize("backend", ["numpy", "torch cpu", "torch cpu, torch operations",
+                                     "torch cuda"])
 def test_velocity_correlation(pairs, lambdified, compare, backend, baseline):
+    """``torch cpu`` is what a call with CPU tensors does by default (no autograd graph: the
+    NumPy kernels on the tensors' memory); ``torch cpu, torch operations`` is the path that
+    autograd and CUDA take, timed on the CPU."""
     if backend.startswith("torch"):
         torch = pytest.importorskip("torch")
         if backend == "torch cuda" and not torch.cuda.is_available():
             pytest.skip("no CUDA device")
-        candidate, reference, scale = _torch_case(pairs, lambdified, baseline,
-                                                  device=backend.split()[1])
+        candidate, reference, scale = _torch_case(
+            pairs, lambdified, baseline, device=backend.split()[1].rstrip(","),
+            torch_operations=backend.endswith("torch operations"))
     else:
         candidate, reference, scale = _numpy_case(pairs, lambdified, baseline)
     # a ratio is only meaningful against a baseline that computes the same thing: compare
@@ -184,7 +202,7 @@ def test_velocity_correlation(pairs, lambdified, compare, backend, baseline):
         np.testing.assert_allclose(got[comparable], expected[comparable], rtol=1e-6, atol=1e-9)
     compare(candidate, reference,
             name=f"velocity_correlation {backend}, 1e6 pairs vs {LABELS[baseline]}",
-            target=TARGETS[baseline], baseline_scale=scale, rounds=3)
+            target=TARGETS[baseline], baseline_scale=scale, rounds=ROUNDS)
 
 
 # --- global displacement ------------------------------------------------------------------
@@ -238,23 +256,25 @@ def test_global_displacement(compare, record_ratio):
             target=1000, rounds=1, baseline_rounds=1, baseline_scale=terms_total / terms_subset)
 
 
-# --- informative: torch on one thread ------------------------------------------------------
+# --- informative: torch operations on one thread ----------------------------------------
 # On a 2-core machine that other work shares, each torch operation on two threads waits for
-# the busy core (an OpenMP barrier), so its time is set by the number of operations, not by
-# their size: the kernel (one gather and scatter per regime) then pays for every small step
-# that a single fused formula does not have. On one thread the same comparison measures
+# the busy core (an OpenMP barrier), so the time of torch operations is set by their number,
+# not by their size: the kernel (one gather and scatter per regime) then pays for every small
+# step that a single fused formula does not have. On one thread the same comparison measures
 # the work done per element. Same candidates and baselines as above, same inputs.
 
 
 @pytest.mark.parametrize("baseline", ["lambdify", "floor"])
 def test_velocity_correlation_torch_one_thread(pairs, lambdified, compare, baseline):
     torch = pytest.importorskip("torch")
-    candidate, reference, scale = _torch_case(pairs, lambdified, baseline)
+    candidate, reference, scale = _torch_case(pairs, lambdified, baseline,
+                                              torch_operations=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         compare(candidate, reference,
-                name=f"velocity_correlation torch cpu (1 thread), 1e6 pairs vs {LABELS[baseline]}",
-                target=TARGETS[baseline], baseline_scale=scale, rounds=3)
+                name=f"velocity_correlation torch cpu, torch operations (1 thread), 1e6 pairs "
+                     f"vs {LABELS[baseline]}",
+                target=TARGETS[baseline], baseline_scale=scale, rounds=ROUNDS)
     finally:
         torch.set_num_threads(threads)
