@@ -29,7 +29,9 @@ Switches (documented, with the error they leave):
   without cancellation, :math:`r_+ = -\omega^2/(\gamma + \alpha)`, and
   :math:`e^{r_- t} = e^{r_+ t} e^{-2\alpha t}` with :math:`e^{-2\alpha t} < e^{-0.2}`: nothing
   overflows for any :math:`\gamma t`, and the sums in the diagonal entries lose at most a
-  factor :math:`(1 + e^{-0.2})/(1 - e^{-0.2}) \approx 10` to cancellation;
+  factor :math:`(1 + e^{-0.2})/(1 - e^{-0.2}) \approx 10` to cancellation; the exponent
+  :math:`-2\alpha t` is held at or above -700 (the ratio only ever corrects a term of order 1
+  relative to the mode's scale, and exp is several times slower into the subnormal range);
 * :math:`x < -x_s` (underdamped): :math:`e^{-\gamma t}\cos\alpha t` and
   :math:`e^{-\gamma t}\sin(\alpha t)/\alpha` with :math:`\alpha t > 0.1`.
 
@@ -87,6 +89,9 @@ SERIES_TERMS_DISCRETE = 13
 #: foreign elements replaced by one of its own) rather than on its gathered elements.
 _WHOLE_ARRAY_SHARE = 0.75
 
+#: Lower bound on the exponent of the ratio e^{-2 alpha t} of the two overdamped exponentials.
+_FAST_EXPONENT_FLOOR = -700.0
+
 _COSH_COEFFICIENTS = [1.0 / factorial(2 * n) for n in range(SERIES_TERMS_CONTINUOUS)]
 _SINHC_COEFFICIENTS = [1.0 / factorial(2 * n + 1) for n in range(SERIES_TERMS_CONTINUOUS)]
 
@@ -106,6 +111,7 @@ class Ops:
     atan2: Callable[[Any, Any], Any]
     fmod: Callable[[Any, Any], Any]
     maximum: Callable[[Any, Any], Any]
+    clamp_min: Callable[[Any, float], Any]  # (a, c) -> max(a, c), c a number
     pow: Callable[[Any, Any], Any]
     broadcast: Callable[..., Any]
     broadcast_to: Callable[[Any, Any], Any]
@@ -202,8 +208,12 @@ def make_primitives(ops: Ops) -> dict[str, Callable[..., Any]]:
             alpha = ops.sqrt(g * g - w2)
             g_plus_alpha = g + alpha
             slow = -w2 / g_plus_alpha  # r_+ = -gamma + alpha, without cancellation
-            # (r_- - r_+) t = -2 alpha t < -0.2 here: the branch takes its exp or expm1
-            return over(g_plus_alpha, tt, alpha, slow, ops.exp(slow * tt), -2.0 * alpha * tt)
+            # (r_- - r_+) t = -2 alpha t < -0.2 here: the branch takes its exp or expm1. Below
+            # -700 it is held at -700: e^{-2 alpha t} is only ever a relative correction, to 1
+            # or to the slow term, so below e^{-700} ~ 1e-304 its value cannot matter, and exp
+            # runs several times slower into the subnormal range
+            fast = ops.clamp_min(-2.0 * alpha * tt, _FAST_EXPONENT_FLOOR)
+            return over(g_plus_alpha, tt, alpha, slow, ops.exp(slow * tt), fast)
 
         def under_branch(g, w2, tt):
             alpha = ops.sqrt(w2 - g * g)

@@ -47,6 +47,7 @@ def _cos_sin(x):
 _OPS = Ops(
     where=np.where, exp=np.exp, expm1=np.expm1, log=np.log, log1p=np.log1p, sqrt=np.sqrt,
     cos_sin=_cos_sin, abs=np.abs, atan2=np.arctan2, fmod=np.fmod, maximum=np.maximum,
+    clamp_min=np.maximum,
     pow=np.power, one_like=np.ones_like, broadcast=np.broadcast_arrays,
     broadcast_to=np.broadcast_to, scatter=_scatter, count=np.count_nonzero,
     indices=lambda m: np.flatnonzero(m), gather=lambda a, flat: np.take(a.reshape(-1), flat),

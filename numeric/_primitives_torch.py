@@ -79,7 +79,8 @@ def _multiply_add(a, b, c):
 _OPS = Ops(
     where=torch.where, exp=torch.exp, expm1=torch.expm1, log=torch.log, log1p=torch.log1p,
     sqrt=torch.sqrt, cos_sin=lambda x: (torch.cos(x), torch.sin(x)), abs=torch.abs, atan2=torch.atan2,
-    fmod=torch.fmod, maximum=torch.maximum, pow=torch.pow, one_like=torch.ones_like,
+    fmod=torch.fmod, maximum=torch.maximum,
+    clamp_min=torch.clamp_min, pow=torch.pow, one_like=torch.ones_like,
     broadcast=torch.broadcast_tensors, broadcast_to=torch.broadcast_to, scatter=_scatter,
     count=_count, indices=_indices, gather=_gather,
     first_true=lambda m: int(torch.argmax(m.reshape(-1).to(torch.uint8))), assemble=_assemble,
