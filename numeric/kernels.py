@@ -10,7 +10,9 @@ Conventions shared by every function
 * **Backend by input type.** NumPy arrays and Python numbers are computed in float64 and give
   NumPy results (a ``numpy.float64`` for all-scalar input). Any torch tensor among the
   arguments selects torch: the result keeps the tensors' (promoted) floating dtype and their
-  device, and is differentiable in every tensor argument.
+  device, and is differentiable in every tensor argument. CPU tensors that record no autograd
+  graph are evaluated by the NumPy kernels, in float64, on the tensors' memory (faster there;
+  see ``CPU_TENSORS_VIA_NUMPY``).
 * **Broadcasting.** All array arguments broadcast against each other (batch dimensions lead).
 * **Units.** ``k`` is a number of SGD steps (a float is allowed for ``model="sde"``); the
   continuous time of the SDE is :math:`t = \eta k` inside.
