@@ -83,6 +83,30 @@ def test_float64_tensors_give_the_numpy_values_bit_for_bit(model, n, rng, numpy_
             np.testing.assert_array_equal(value.numpy(), expected[name], err_msg=name)
 
 
+@pytest.mark.parametrize("model", ["sde", "discrete"])
+def test_global_displacement_gives_the_numpy_values_bit_for_bit(model, rng, monkeypatch):
+    backends = []
+    original = kernels._global_displacement
+
+    def spied(batch, model):
+        backends.append(batch.backend)
+        return original(batch, model)
+
+    monkeypatch.setattr(kernels, "_global_displacement", spied)
+    spectrum = np.sort(np.exp(rng.uniform(np.log(1e-6), np.log(10.0), 1000)))
+    k = np.unique(np.round(np.logspace(0, 6, 40)))
+    kwargs = dict(S=S_BATCH, sigma2=SIGMA2, model=model, **HYPER)
+    expected = numeric.global_displacement(spectrum, k, **kwargs)
+    got = numeric.global_displacement(torch.from_numpy(spectrum), torch.from_numpy(k), **kwargs)
+    assert backends == ["numpy", "numpy"]
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), expected)
+    # with a graph to record, torch operations
+    leaf = torch.from_numpy(spectrum).requires_grad_(True)
+    numeric.global_displacement(leaf, torch.from_numpy(k), **kwargs).sum().backward()
+    assert backends[-1] == "torch" and torch.all(torch.isfinite(leaf.grad))
+
+
 def test_other_dtypes_are_rounded_once_from_float64(rng):
     rho, k = _modes(1000, rng, "sde")
     rho32, k32 = torch.from_numpy(rho).float(), torch.from_numpy(k).float()
