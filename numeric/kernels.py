@@ -88,9 +88,10 @@ _NUMPY_BLOCK = 1 << 16
 #: 20 ms of it does not shrink with more threads. The same generated formulas in NumPy, in
 #: cache-sized blocks, took 20-22 ms on one core (benchmarks/test_bench_kernels.py times
 #: both). ``global_displacement`` takes the same route (1.5 s against 2.4 s with torch
-#: operations for 1e5 modes x 1000 k). The tensors' memory is read in place (float64; other dtypes are converted) and the
-#: results are CPU tensors of the inputs' dtype. Set to ``False`` to use torch operations on
-#: the CPU too. CUDA tensors, and calls that record a graph for autograd, always use torch.
+#: operations for 1e5 modes x 1000 k). The tensors' memory is read in place (float64; other
+#: dtypes are converted) and the results are CPU tensors of the inputs' dtype. Set to
+#: ``False`` to use torch operations on the CPU too. CUDA tensors, and calls that record a
+#: graph for autograd, always use torch operations.
 CPU_TENSORS_VIA_NUMPY = True
 
 
