@@ -2,9 +2,10 @@
 
 GENERATED, DO NOT EDIT: regenerate with `python -m ousym codegen` (make codegen).
 
-generator: ousym.codegen 1
+generator: ousym.codegen 2
 sympy: 1.14.0
-spec hash: 08659d123469a11f
+spec hash: 4a15dd4a6ccf4611
+source hash: 2a4f38ecce182f8b
 """
 
 import torch

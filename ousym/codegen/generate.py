@@ -31,5 +31,8 @@ def write_all(directory: Path = GENERATED_DIR) -> list[Path]:
 
 
 def check_all(directory: Path = GENERATED_DIR) -> list[Path]:
-    """The generated modules that are missing or differ from a fresh rendering."""
-    return stale_modules(render_all(directory))
+    """The generated modules that are missing or stale (see :func:`~.render.stale_modules`)."""
+    specs = kernel_specs()
+    rendered = {path: render_module(specs, backend)
+                for backend, path in generated_paths(directory).items()}
+    return stale_modules(rendered, specs)

@@ -1,12 +1,26 @@
 """Staged code generation: render (specs -> text), write (text -> file), load (file -> module).
 
 A generated module is deterministic for a given SymPy version: the same specs give the same
-text byte for byte, which is what the staleness check (:func:`stale_modules`) compares.
+text byte for byte. Its header records
+
+- ``spec hash``: the specs (``srepr`` of every expression, names, references) and
+  :data:`GENERATOR_VERSION`, i.e. what the code was generated from;
+- ``source hash``: the printed source below the header, so that an edit by hand shows;
+- ``sympy``: the SymPy version that printed it, for information only.
+
+The staleness check (:func:`stale_modules`) depends on what the generated code is, never on
+the SymPy version installed: a module is stale when it is missing, when its spec hash differs
+from the current specs' (the theory or the generator changed), or when its source no longer
+matches its source hash (it was edited). Under the SymPy version that printed it, the module
+must in addition equal a fresh rendering byte for byte. A later SymPy release, which may print
+the same specs in another order, therefore leaves committed kernels current.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +39,15 @@ __all__ = [
     "write_module",
     "load_module",
     "stale_modules",
+    "generator_hash",
+    "module_is_current",
 ]
 
-#: Bump when the generator's output format changes (it is part of every header and hash).
-GENERATOR_VERSION = "1"
+#: Bump when the generator's output changes (printers, templates): it is part of the spec hash,
+#: so every generated module becomes stale and must be regenerated.
+GENERATOR_VERSION = "2"
+
+_HEADER_FIELD = re.compile(r"^(generator|sympy|spec hash|source hash): (\S+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,15 @@ def _docstring(spec: KernelSpec, backend: str) -> list[str]:
 def render_module(specs: list[KernelSpec], backend: str) -> str:
     """The whole generated module for ``backend``: header, imports, one function per spec."""
     printer_class = PRINTERS[backend]
-    digest = specs_hash(specs, extra=f"generator {GENERATOR_VERSION}; sympy {sp.__version__}")
+    imports = [
+        *printer_class.module_imports,
+        "",
+        f"from .. import {printer_class.primitive_module} as {PRIMITIVE_MODULE_ALIAS}",
+        "",
+        f"__all__ = {[spec.name for spec in specs]!r}",
+    ]
+    body = "\n\n".join(["\n".join(imports) + "\n"]
+                       + [render_function(spec, backend) for spec in specs])
     header = [
         f'"""Generated {backend} kernels of the limiting dynamics of SGD (Kunin et al. 2023).',
         "",
@@ -81,18 +108,54 @@ def render_module(specs: list[KernelSpec], backend: str) -> str:
         "",
         f"generator: ousym.codegen {GENERATOR_VERSION}",
         f"sympy: {sp.__version__}",
-        f"spec hash: {digest}",
+        f"spec hash: {generator_hash(specs)}",
+        f"source hash: {_source_hash(body)}",
         '"""',
-        "",
-        *printer_class.module_imports,
-        "",
-        f"from .. import {printer_class.primitive_module} as {PRIMITIVE_MODULE_ALIAS}",
-        "",
-        f"__all__ = {[spec.name for spec in specs]!r}",
     ]
-    parts = ["\n".join(header) + "\n"]
-    parts += [render_function(spec, backend) for spec in specs]
-    return "\n\n".join(parts)
+    return "\n".join(header) + "\n\n" + body
+
+
+def generator_hash(specs: list[KernelSpec]) -> str:
+    """Hash of what generated code is made from: the specs and :data:`GENERATOR_VERSION`.
+
+    It leaves out the SymPy version on purpose (see the module docstring)."""
+    return specs_hash(specs, extra=f"generator {GENERATOR_VERSION}")
+
+
+def _source_hash(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
+def _split_module(text: str) -> tuple[dict[str, str], str] | None:
+    """(header fields, body) of a generated module's text, or None if it has no such header."""
+    if not text.startswith('"""'):
+        return None
+    end = text.find('"""', 3)
+    if end < 0 or not text.startswith('"""\n\n', end):
+        return None
+    fields = dict(_HEADER_FIELD.findall(text[:end]))
+    return fields, text[end + len('"""\n\n'):]
+
+
+def module_is_current(text: str, rendered: str, specs: list[KernelSpec]) -> bool:
+    """Whether a generated module's ``text`` is current, given a fresh rendering of ``specs``.
+
+    Current means: its spec hash is that of ``specs`` and the generator version, its body is
+    unedited (it matches its source hash), and, when it was printed by the SymPy version
+    installed now, it equals ``rendered`` byte for byte. The installed SymPy version alone
+    never makes a module stale.
+    """
+    parsed = _split_module(text)
+    if parsed is None:
+        return False
+    fields, body = parsed
+    if fields.get("spec hash") != generator_hash(specs):
+        return False
+    if fields.get("source hash") != _source_hash(body):
+        return False
+    if fields.get("sympy") == sp.__version__:
+        return text == rendered
+    return True
 
 
 def write_module(text: str, path: Path) -> bool:
@@ -123,7 +186,9 @@ def load_module(path: Path, name: str | None = None) -> ModuleType:
     return module
 
 
-def stale_modules(rendered: dict[Path, str]) -> list[Path]:
-    """The paths whose file content differs from the freshly rendered text (or is missing)."""
+def stale_modules(rendered: dict[Path, str], specs: list[KernelSpec]) -> list[Path]:
+    """The paths that are missing or not current (:func:`module_is_current`) for ``specs``,
+    given ``rendered``, path -> freshly rendered text."""
     return [path for path, text in rendered.items()
-            if not Path(path).exists() or Path(path).read_text() != text]
+            if not Path(path).exists()
+            or not module_is_current(Path(path).read_text(), text, specs)]
