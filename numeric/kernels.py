@@ -71,6 +71,7 @@ def _prepare(arguments: dict[str, Any], *, model: str | None = None,
     _validate.check_hyperparameters(batch, tuple(arguments))
     if "rho" in arguments:
         _validate.check_rho(batch)
+    _check_weights(batch)
     if model == "discrete" and "k" in arguments:
         _validate.check_whole_steps(batch)
     return batch
@@ -239,7 +240,7 @@ def _stationary(batch: Batch, model: str):
                  ("rho", "eta", "beta", "lam", "S", "sigma2"))
 
 
-def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weights=None):
     r"""Stationary variances ``(var_a, var_v)`` of a mode's position and velocity.
 
     * ``"sde"`` (eq. 27 of Kunin et al. 2023):
@@ -251,23 +252,56 @@ def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
     :math:`\lambda = 0` value 1. Units: ``var_a`` in squared parameter units, ``var_v`` in
     squared parameter units per step squared over :math:`\eta^2` (:math:`\delta = \eta v`).
 
+    ``weights`` (optional, ``>= 0``, broadcasting with ``rho``): the number of modes at each
+    curvature (a multiplicity, or a quadrature weight of a spectral density such as
+    :class:`numeric.Spectrum`'s bulk); both variances are multiplied by it, so they are the
+    summed variances of those modes.
+
     Shapes: the broadcast shape of all arguments. Raises for ``"discrete"`` if any mode is
     beyond the stability edge (the message says how many).
     """
     model = _validate.check_model(model)
-    batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S,
-                      "sigma2": sigma2}, model=model)
-    return _stationary(batch, model)
+    arguments = {"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S, "sigma2": sigma2}
+    batch = _prepare(_with_weights(arguments, weights), model=model)
+    var_a, var_v = _stationary(batch, model)
+    if weights is None:
+        return var_a, var_v
+    return _weighted(var_a, batch), _weighted(var_v, batch)
 
 
-def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+def _with_weights(arguments: dict[str, Any], weights) -> dict[str, Any]:
+    return arguments if weights is None else arguments | {"weights": weights}
+
+
+def _check_weights(batch: Batch) -> None:
+    if "weights" in batch.values:
+        low, _ = batch.bounds("weights")
+        if not low >= 0:
+            _validate.require(batch, "weights", _validate._values(batch, "weights") >= 0,
+                              "(numbers of modes) must be >= 0")
+
+
+def _weighted(value, batch: Batch):
+    """``value * weights`` in the value's own type (a tensor when the batch was routed)."""
+    weights = batch["weights"]
+    if batch.backend == "torch" and not hasattr(value, "device"):
+        value = importlib.import_module("torch").as_tensor(value, dtype=weights.dtype)
+    if batch.backend == "numpy":
+        return _numpy_result(np.asarray(value) * weights, batch.shape)
+    weights = weights.to(value.dtype) if value.dtype != weights.dtype else weights
+    return value * weights
+
+
+def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weights=None):
     r"""Expected squared step length :math:`E\|\delta\|^2 = \eta^2\sum_l \mathrm{Var}_{ss}(v_l)` (eq. 12).
 
     ``rho`` holds the spectrum in its **last axis**; every argument broadcasts against
     ``rho`` and the sum runs over the last axis of the broadcast shape (so a grid of learning
     rates is ``eta=etas[:, None]``). For ``"sde"`` this is
     :math:`\eta^2\sigma^2\,\mathrm{tr}(H)/(S(1-\beta^2))`; ``"discrete"`` uses the exact
-    stationary variances (THEORY section 6).
+    stationary variances (THEORY section 6). ``weights`` (optional, ``>= 0``, broadcasting with
+    ``rho``) counts the modes at each curvature, :math:`\eta^2\sum_l w_l
+    \mathrm{Var}_{ss}(v_l)` (a spectral density given as quadrature nodes and weights).
 
     Shapes: the broadcast shape without its last axis. Raises ``ValueError`` if ``rho`` is a
     scalar, and as :func:`stationary_variance`.
@@ -276,15 +310,17 @@ def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
     if np.ndim(rho) == 0:
         raise ValueError("rho must hold a spectrum in its last axis (at least 1-D), but got a "
                          f"scalar {rho!r}")
-    batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S,
-                      "sigma2": sigma2}, model=model)
+    arguments = {"rho": rho, "eta": eta, "beta": beta, "lam": lam, "S": S, "sigma2": sigma2}
+    batch = _prepare(_with_weights(arguments, weights), model=model)
     _, var_v = _stationary(batch, model)
+    if weights is not None:
+        var_v = _weighted(var_v, batch)
     eta_b = batch["eta"]
     speed = eta_b * eta_b * var_v
     return speed.sum(-1) if batch.backend == "torch" else _numpy_result(speed.sum(-1), batch.shape[:-1])
 
 
-def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
+def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde", weights=None):
     r"""Expected squared distance travelled in ``k`` steps at stationarity, :math:`E\|\Delta_k\|^2` (eq. 13).
 
     .. math::
@@ -300,14 +336,23 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde"):
     depend on the order of the modes; in torch the gradient flows through the permutation) and
     processed in chunks of neighbouring modes, so that each chunk falls in one or two regimes
     of the closed form and the extra memory stays under about 256 MB for any ``n``.
+    ``weights`` (optional, shape ``(n,)``, ``>= 0``) counts the modes at each curvature:
+    the sum becomes :math:`\sum_l w_l (\dots)`, for a spectral density given as quadrature
+    nodes and weights (:class:`numeric.Spectrum`).
 
-    Raises as :func:`stationary_variance`, and ``ValueError`` if ``rho`` is not 1-D.
+    Raises as :func:`stationary_variance`, and ``ValueError`` if ``rho`` is not 1-D or
+    ``weights`` is not of the shape of ``rho``.
     """
     model = _validate.check_model(model)
     if np.ndim(rho) != 1:
         raise ValueError(f"rho must be a 1-D spectrum, but got shape {tuple(np.shape(rho))}")
-    batch = _prepare({"rho": rho, "k": k, "eta": eta, "beta": beta, "lam": lam, "S": S,
-                      "sigma2": sigma2}, model=model, separate=("rho",))
+    if weights is not None and tuple(np.shape(weights)) != tuple(np.shape(rho)):
+        raise ValueError(f"weights must have the shape of rho {tuple(np.shape(rho))}, but got "
+                         f"shape {tuple(np.shape(weights))}")
+    arguments = {"rho": rho, "k": k, "eta": eta, "beta": beta, "lam": lam, "S": S,
+                 "sigma2": sigma2}
+    batch = _prepare(_with_weights(arguments, weights), model=model,
+                     separate=("rho", "weights"))
     if model == "discrete":
         _validate.check_stable(batch, spectrum_apart=True)
     routed = _numpy_route(batch)
@@ -324,7 +369,7 @@ def _global_displacement(batch: Batch, model: str):
     # the result sums over modes, so their order is free: sorted, each chunk of the spectrum
     # lies in one or two regimes of the lag sum, which then runs on whole arrays instead of
     # gathering and scattering each regime's elements (a gather keeps torch's autograd)
-    spectrum = _sorted_spectrum(batch["rho"], batch.backend)
+    spectrum, weights = _sorted_spectrum(batch["rho"], batch.backend, batch.values.get("weights"))
     modes = spectrum.shape[0]
     hyper = {n: _expand(batch, batch[n], batch_shape) for n in names}
     itemsize = 8 if batch.backend == "numpy" else spectrum.element_size()
@@ -341,6 +386,8 @@ def _global_displacement(batch: Batch, model: str):
         rho_chunk = spectrum[start:start + chunk]
         _, var_v = kernel(rho_chunk, hyper["eta"], hyper["beta"], hyper["lam"], hyper["S"],
                           hyper["sigma2"])
+        if weights is not None:
+            var_v = var_v * weights[start:start + chunk]
         lag_sum = lag_weighted_velocity_sum(rho_chunk, hyper["k"], eta=hyper["eta"],
                                             beta=hyper["beta"], lam=hyper["lam"], model=model)
         part = lag_sum @ var_v if var_v.ndim == 1 else (var_v * lag_sum).sum(-1)
@@ -353,11 +400,17 @@ def _global_displacement(batch: Batch, model: str):
     return _numpy_result(result, batch_shape)
 
 
-def _sorted_spectrum(spectrum, backend: str):
+def _sorted_spectrum(spectrum, backend: str, weights=None):
+    """The spectrum sorted ascending, and the weights in the same order (or None)."""
     if backend == "torch":
         torch = importlib.import_module("torch")
-        return spectrum.index_select(0, torch.argsort(spectrum.detach()))
-    return np.sort(spectrum)
+        order = torch.argsort(spectrum.detach())
+        return (spectrum.index_select(0, order),
+                None if weights is None else weights.index_select(0, order))
+    if weights is None:
+        return np.sort(spectrum), None
+    order = np.argsort(spectrum, kind="stable")
+    return spectrum[order], weights[order]
 
 
 def _expand(batch: Batch, value, batch_shape):
