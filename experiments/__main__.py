@@ -1,8 +1,9 @@
-"""Command line: ``python -m experiments linreg [options]`` and ``python -m experiments demo``.
+"""Command line: ``python -m experiments linreg|demo|sweep [options]``.
 
 ``linreg`` runs :func:`experiments.experiment.run_linreg` with the options given and prints the
 comparison table; ``demo`` runs it on mnist5k with the demo defaults (under 3 minutes on two
-cores) and prints where the figures are.
+cores) and prints where the figures are; ``sweep`` runs a hyperparameter sweep as independent
+tasks (:mod:`experiments.sweep`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="linreg on mnist5k with the demo defaults")
     demo.add_argument("--out", default=None)
     demo.add_argument("--no-progress", action="store_true")
+    from .sweep import add_arguments as add_sweep_arguments
+
+    sweep = sub.add_parser("sweep", help="a hyperparameter sweep as independent tasks (Fig. 6); "
+                                         "options after the sweep's go to the experiment")
+    add_sweep_arguments(sweep)
     return parser
 
 
@@ -92,7 +98,19 @@ def main(argv=None) -> int:
     from .experiment import DEMO_CONFIG, run_linreg
     from .report import format_table
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "sweep":
+        from .sweep import SweepMismatchError
+        from .sweep import main as sweep_main
+
+        try:
+            return sweep_main(args, extra)
+        except (ValueError, FileNotFoundError, FloatingPointError, SweepMismatchError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
         config = dataclasses.replace(DEMO_CONFIG)
     else:
