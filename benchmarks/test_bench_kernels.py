@@ -39,7 +39,7 @@ def pairs():
 
 
 def _expm_correlation(rho, k):
-    """[e^{-A eta k}]_22 one mode at a time (THEORY.md sections 3-5)."""
+    """[e^{-A eta k}]_22 one mode at a time (docs/theory.md sections 3-5)."""
     out = np.empty(rho.size)
     for i in range(rho.size):
         h = rho[i] + LAM

@@ -4,7 +4,7 @@ Each function takes recorded trajectories (:class:`experiments.linreg.Trajectory
 settings, calls the closed-form kernels of :mod:`numeric` for the prediction, and returns a
 :class:`Comparison` (name, predicted, measured, standard error, relative error) plus the curves
 the figures need. Nothing here retypes a closed form that :mod:`numeric` provides; the only
-formulas written out are the model's definition (the drift and diffusion of THEORY.md section
+formulas written out are the model's definition (the drift and diffusion of docs/theory.md section
 2) and the exact discrete covariance recursion used for the transient confidence band.
 
 Statistical conventions, used throughout:
@@ -18,7 +18,7 @@ Statistical conventions, used throughout:
   propagator).
 * Units: ``k`` counts steps; the SDE time is ``t = eta * k``.
 * Batch size in every prediction is the effective one, ``S (N - 1) / (N - S)`` for minibatches
-  drawn without replacement (THEORY.md section 2).
+  drawn without replacement (docs/theory.md section 2).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def positive_spectrum(spectrum, *, rtol: float = 1e-10) -> np.ndarray:
 
 
 def _mode_propagator(rho, eta, beta, lam):
-    """The exact one-step matrix M of THEORY.md section 6, ``(..., 2, 2)``, state (a, v)."""
+    """The exact one-step matrix M of docs/theory.md section 6, ``(..., 2, 2)``, state (a, v)."""
     h = np.asarray(rho, dtype=np.float64) + lam
     M = np.empty(h.shape + (2, 2))
     M[..., 0, 0] = 1.0 - eta * h
@@ -110,7 +110,7 @@ def _mode_propagator(rho, eta, beta, lam):
 
 def relaxation_steps(rho, *, eta, beta, lam=0.0) -> np.ndarray:
     r"""Relaxation time in steps of each mode, ``-1 / log r(M)`` with ``r`` the spectral radius
-    of the exact discrete propagator M (THEORY.md section 6). For small ``eta`` this is
+    of the exact discrete propagator M (docs/theory.md section 6). For small ``eta`` this is
     ``1 / (eta * rate)`` with ``rate`` the slower decay rate of the SDE mode (``gamma`` when
     underdamped, ``omega^2/(gamma + alpha)`` when overdamped). ``inf`` for ``rho + lam = 0``."""
     radius = np.abs(np.linalg.eigvals(_mode_propagator(rho, eta, beta, lam))).max(-1)
@@ -121,7 +121,7 @@ def relaxation_steps(rho, *, eta, beta, lam=0.0) -> np.ndarray:
 def transient_mode_covariance(rho, steps, *, eta, beta, lam=0.0, noise_var) -> np.ndarray:
     r"""Covariance of ``(a_k, v_k)`` of each mode started at a fixed point, ``(K, m, 2, 2)``.
 
-    Exact discrete recursion (THEORY.md section 6) ``P_{k+1} = M P_k M^T + G G^T s``, ``P_0 = 0``,
+    Exact discrete recursion (docs/theory.md section 6) ``P_{k+1} = M P_k M^T + G G^T s``, ``P_0 = 0``,
     ``G = (-eta, -1)``, with ``s = noise_var`` the per-step gradient-noise variance of the mode
     (``sigma^2 rho / S`` under Assumption 5; ``q^T Sigma q / S`` with a measured Sigma).
     ``rho`` and ``noise_var`` are ``(m,)``; ``steps`` are the K steps wanted (non-negative
@@ -147,7 +147,7 @@ def transient_mode_covariance(rho, steps, *, eta, beta, lam=0.0, noise_var) -> n
 
 
 def sgd_drift_diffusion(rho, noise_cov, *, eta, beta, lam=0.0):
-    r"""Drift A and diffusion D of the OU model (THEORY.md section 2) on an m-mode subspace.
+    r"""Drift A and diffusion D of the OU model (docs/theory.md section 2) on an m-mode subspace.
 
     In the eigenbasis of H restricted to m modes (curvatures ``rho``, ``(m,)``) with the
     gradient-noise covariance ``noise_cov`` (``(m, m)``, e.g. ``Q^T Sigma Q`` measured), state

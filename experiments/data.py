@@ -5,7 +5,7 @@ targets ``Y`` of shape ``(N, c)`` (float64). Inputs are centred per feature and 
 common factor so that the mean feature variance is 1 (``tr(H) = d`` for ``H = X^T X / N``);
 a single factor keeps the relative scale of the features (per-feature standardisation would
 blow up nearly-constant pixels). Classification labels become one-hot targets, and the loss
-is the paper's mean-squared error ``L(theta) = ||Y - X theta||^2 / (2N)`` (THEORY.md section 2).
+is the paper's mean-squared error ``L(theta) = ||Y - X theta||^2 / (2N)`` (docs/theory.md section 2).
 
 Data sets:
 

@@ -109,7 +109,7 @@ def default_out_dir(dataset: str) -> Path:
 
 
 def stability_edge(h_max: float, beta: float) -> float:
-    """The largest stable learning rate, ``2 (1 + beta) / h_max`` (THEORY.md section 6)."""
+    """The largest stable learning rate, ``2 (1 + beta) / h_max`` (docs/theory.md section 6)."""
     return 2.0 * (1.0 + beta) / h_max
 
 

@@ -1,6 +1,6 @@
 r"""Batched SGD with momentum on least squares, recording what the theory predicts.
 
-The update is eq. (2) of Kunin et al. 2023 exactly (THEORY.md section 1), with ``v_0 = 0``:
+The update is eq. (2) of Kunin et al. 2023 exactly (docs/theory.md section 1), with ``v_0 = 0``:
 
 .. math::
     v_{k+1} = \beta v_k - g_B(\theta_k) - \lambda \theta_k, \qquad
@@ -19,11 +19,11 @@ Torch (on ``device``, CUDA when present; the dtype is kept). Two noise models:
 ``"minibatch"``
     ``g_B`` is the gradient on ``S`` samples drawn without replacement, fresh every step
     (independent across steps and seeds). Its covariance is ``Sigma(theta) / S`` times the
-    finite-population factor ``(N - S)/(N - 1)`` (THEORY.md section 2), i.e. the theory
+    finite-population factor ``(N - S)/(N - 1)`` (docs/theory.md section 2), i.e. the theory
     applies with the effective batch size :func:`effective_batch_size`.
 ``"gaussian"``
     ``g_B = g(theta) + N(0, sigma2 H / S)`` exactly (Assumption 1 with Assumption 5): the
-    model under which the discrete theory of THEORY.md section 6 is exact.
+    model under which the discrete theory of docs/theory.md section 6 is exact.
 
 Recorded every ``record_every`` steps (step 0 included): the projections
 ``a = <theta - mu, q>`` and ``b = <v, q>`` on given directions ``q`` (the top Hessian
@@ -58,7 +58,7 @@ BACKENDS = ("numpy", "torch")
 
 def effective_batch_size(batch_size: int, num_samples: int, noise: str = "minibatch") -> float:
     r"""Batch size to use in the predictions: ``S (N - 1) / (N - S)`` for minibatches drawn
-    without replacement from ``N`` samples (THEORY.md section 2), ``S`` for Gaussian noise.
+    without replacement from ``N`` samples (docs/theory.md section 2), ``S`` for Gaussian noise.
 
     Raises ValueError unless ``1 <= S < N`` for minibatches (``S = N`` is full-batch: no noise).
     """

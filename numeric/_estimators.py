@@ -1,7 +1,7 @@
 r"""Estimators for recorded trajectories: diffusion exponent, oscillation frequency, correlation.
 
 NumPy in, NumPy out (float64). Time is measured in optimizer steps :math:`k` unless a function
-says otherwise; continuous time is :math:`t = \eta k` (``THEORY.md`` section 2).
+says otherwise; continuous time is :math:`t = \eta k` (docs/theory.md section 2).
 
 - :func:`fit_power_law` fits :math:`\|\Delta_k\|^2 \approx \alpha k^c` (eq. 13 and Fig. 7 of
   Kunin et al. 2023; :math:`c = 1` is Brownian motion, :math:`c > 1` superdiffusion) with a
@@ -9,9 +9,9 @@ says otherwise; continuous time is :math:`t = \eta k` (``THEORY.md`` section 2).
   :func:`exponent_vs_window` gives :math:`c` as a function of the fitted window (Fig. 7).
 - :func:`dominant_frequency` measures the oscillation frequency of a projected phase-space
   trajectory, :func:`oscillation_frequency` is its theoretical counterpart
-  :math:`\eta\sqrt{\omega^2 - \gamma^2}/(2\pi)` (appendix F.2; ``THEORY.md`` section 4).
+  :math:`\eta\sqrt{\omega^2 - \gamma^2}/(2\pi)` (appendix F.2; docs/theory.md section 4).
 - :func:`autocorrelation` estimates the normalised autocorrelation of a recorded projection
-  (the velocity correlation :math:`C(\eta k)` of ``THEORY.md`` section 5) with standard errors.
+  (the velocity correlation :math:`C(\eta k)` of docs/theory.md section 5) with standard errors.
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def oscillation_frequency(rho, *, eta, beta, lam=0.0):
         \gamma = \frac{1-\beta}{\eta(1+\beta)},\quad
         \omega^2 = \frac{2(\rho+\lambda)}{\eta(1+\beta)}
 
-    (``THEORY.md`` section 4): :math:`\sqrt{\omega^2-\gamma^2}` is an angular frequency in
+    (docs/theory.md section 4): :math:`\sqrt{\omega^2-\gamma^2}` is an angular frequency in
     continuous time :math:`t = \eta k`, so one step is :math:`\eta` time units. Zero where the
     mode is critically damped or overdamped (:math:`\omega \le \gamma`, including
     :math:`\rho + \lambda \le 0`).
@@ -458,7 +458,7 @@ def autocorrelation(x, max_lag, *, axis=0):
 
     (the :math:`1/(n-k)` normalisation removes the :math:`-k/n` bias of the :math:`1/n`
     form). For a velocity projection at stationarity this estimates
-    :math:`C(\eta k) = [e^{-A_l \eta k}]_{22}` (``THEORY.md`` section 5).
+    :math:`C(\eta k) = [e^{-A_l \eta k}]_{22}` (docs/theory.md section 5).
 
     Standard errors: with several independent seeds (``x`` of shape ``(steps, seeds)``,
     seeds >= 2), ``acf`` is the mean of the per-seed estimates and ``stderr`` the standard

@@ -9,7 +9,7 @@ The operator is the Hessian of the full-batch training loss at the model's curre
 
 where :math:`\\ell_b` is ``loss_fn(model(inputs_b), targets_b)`` (the *mean* loss of batch
 :math:`b`), :math:`n_b` its number of samples (``len(targets_b)``) and :math:`N = \\sum_b n_b`.
-This is the :math:`H` of Kunin et al. 2023 (eq. 3 and Assumption 5; ``THEORY.md`` section 2),
+This is the :math:`H` of Kunin et al. 2023 (eq. 3 and Assumption 5; docs/theory.md section 2),
 whose eigenvectors :math:`q_l` and eigenvalues :math:`\\rho_l` define the modes the experiments
 project on. Parameters are flattened in the order of ``model.parameters()``.
 
@@ -649,7 +649,7 @@ def _check_design(X, name="X"):
 
 
 def linear_regression_hessian(X):
-    """Exact Hessian :math:`H = X^\\top X / N` of least squares (``THEORY.md`` section 2).
+    """Exact Hessian :math:`H = X^\\top X / N` of least squares (docs/theory.md section 2).
 
     For :math:`L(W) = \\|Y - X W^\\top\\|^2 / (2N)` with ``W`` of shape ``(c, d)`` (like
     ``nn.Linear(d, c, bias=False).weight``) the Hessian with respect to ``W`` flattened

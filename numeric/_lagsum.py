@@ -1,6 +1,6 @@
 r"""The lag-weighted velocity sum :math:`W(k)` behind :math:`E\|\Delta_k\|^2` (eq. 13).
 
-Kunin et al. 2023, eq. (13) and appendix G.2, with THEORY sections 4-6: at stationarity
+Kunin et al. 2023, eq. (13) and appendix G.2, with docs/theory.md sections 4-6: at stationarity
 
 .. math::
     E\|\Delta_k\|^2 = \eta^2 \sum_l \mathrm{Var}_{ss}(v_l)\, W_l(k),\qquad
@@ -615,7 +615,7 @@ def _discrete(xp, k, eta, beta, h):
 def lag_weighted_velocity_sum(rho, k, *, eta, beta, lam, model):
     r"""The lag-weighted velocity sum :math:`W(k) = k + 2\sum_{j=1}^{k-1}(k - j)C(j)` of eq. (13).
 
-    Kunin et al. 2023, eq. (13) with THEORY sections 5-6: per mode,
+    Kunin et al. 2023, eq. (13) with docs/theory.md sections 5-6: per mode,
     :math:`E\|\Delta_k\|^2 = \eta^2\,\mathrm{Var}_{ss}(v)\,W(k)`. ``k`` is a number of SGD
     steps (continuous lag :math:`\tau = \eta j` inside the SDE correlation); :math:`W(0) = 0`,
     :math:`W(1) = 1`. Closed form, :math:`O(1)` work per element.

@@ -9,7 +9,7 @@ The per-sample gradient covariance at parameters :math:`\theta` is
 
 so that a minibatch of :math:`S` samples drawn with replacement has gradient noise covariance
 :math:`\Sigma/S` (Assumption 1 of Kunin et al. 2023; without replacement multiply by
-:math:`(N-S)/(N-1)`, ``THEORY.md`` section 2). Assumption 5 posits :math:`\Sigma = \sigma^2 H`;
+:math:`(N-S)/(N-1)`, docs/theory.md section 2). Assumption 5 posits :math:`\Sigma = \sigma^2 H`;
 :func:`noise_scale_fit` fits :math:`\sigma^2` and measures the mismatch.
 """
 
@@ -41,7 +41,7 @@ def linear_regression_noise_covariance(X, Y, weight, *, directions=None):
     r"""Exact per-sample gradient covariance of least squares at ``weight``.
 
     The per-sample loss is :math:`\ell_i = \tfrac12\|y_i - W x_i\|^2`, so that the training
-    loss is :math:`L = \|Y - X W^\top\|^2/(2N)` (``THEORY.md`` section 2), and
+    loss is :math:`L = \|Y - X W^\top\|^2/(2N)` (docs/theory.md section 2), and
     :math:`g_i = \operatorname{vec}(r_i x_i^\top)` with the residual :math:`r_i = W x_i - y_i`.
     Then :math:`\Sigma = \frac1N\sum_i (g_i - g)(g_i - g)^\top` exactly (no sampling).
 

@@ -1,6 +1,6 @@
 r"""General Ornstein-Uhlenbeck numerics: decomposition, stationary and lag covariances, sampler.
 
-The process is (``THEORY.md`` section 2, the general form of eq. 3 of Kunin et al. 2023)
+The process is (docs/theory.md section 2, the general form of eq. 3 of Kunin et al. 2023)
 
 .. math::
 
@@ -153,7 +153,7 @@ def ou_decomposition(A, D):
     ----------
     A:
         ``(..., n, n)`` real drift matrix, stable: every eigenvalue has a positive real part.
-        It need not be symmetric (the SGD drift of ``THEORY.md`` section 2 is not).
+        It need not be symmetric (the SGD drift of docs/theory.md section 2 is not).
     D:
         ``(..., n, n)`` real symmetric positive semi-definite diffusion matrix; broadcasts
         against ``A``.
@@ -199,7 +199,7 @@ def ou_stationary_covariance(A, D, *, kappa=1.0):
     r"""Stationary covariance :math:`\kappa^{-1} B` of the OU process (eq. 27).
 
     :math:`B` solves :math:`A B + B A^\top = 2 D`. For SGD, :math:`\kappa = S (1 - \beta^2)`
-    (``THEORY.md`` section 2).
+    (docs/theory.md section 2).
 
     Parameters
     ----------
@@ -227,7 +227,7 @@ def ou_lag_covariance(A, D, lag, *, kappa=1.0):
     r"""Stationary lag covariance :math:`\mathrm{Cov}(z(t + \tau), z(t)) = e^{-A\tau} B / \kappa`.
 
     ``lag`` is :math:`\tau` in continuous time (for SGD, :math:`\tau = \eta k` for a lag of
-    :math:`k` steps; ``THEORY.md`` section 5). For a negative lag the result is
+    :math:`k` steps; docs/theory.md section 5). For a negative lag the result is
     :math:`\kappa^{-1} B e^{-A^\top |\tau|}`, the transpose of the positive-lag value, so the
     formula holds for every real :math:`\tau`.
 

@@ -38,7 +38,7 @@ Switches (documented, with the error they leave):
 The small switch point keeps the series short (it costs one fused multiply-add per term
 on every element it owns); the closed forms lose no more than the factor above there.
 
-Discrete time (THEORY section 6): powers of the one-mode SGD matrix
+Discrete time (docs/theory.md section 6): powers of the one-mode SGD matrix
 :math:`M = [[1 - x, \eta\beta], [-h, \beta]]` with :math:`x = \eta h`, by Cayley-Hamilton:
 with :math:`m = \mathrm{tr} M/2 = (1 + \beta - x)/2`, :math:`\delta = m^2 - \det M = m^2 - \beta`
 and :math:`N = M - mI` (so :math:`N^2 = \delta I`),

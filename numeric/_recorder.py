@@ -1,6 +1,6 @@
 r"""Trajectory recorder for SGD with momentum: displacements, loss and projections, per step.
 
-Conventions (``THEORY.md`` section 1, eq. 1-2 of Kunin et al. 2023):
+Conventions (docs/theory.md section 1, eq. 1-2 of Kunin et al. 2023):
 
 .. math::
 
@@ -131,7 +131,7 @@ class TrajectoryRecorder:
     - ``theta_projection`` :math:`\langle \theta_k - \theta_{\rm ref}, q_l\rangle` and
       ``velocity_projection`` :math:`\langle v_k, q_l\rangle` for the rows :math:`q_l` of
       ``directions``, with the paper's velocity :math:`v_k = -\mathrm{buf}_k` (the negated
-      PyTorch momentum buffer, ``THEORY.md`` section 1). For a parameter group with
+      PyTorch momentum buffer, docs/theory.md section 1). For a parameter group with
       ``momentum=0`` PyTorch keeps no buffer and :math:`v_k = \delta_k / \eta` is used.
 
     Parameters are flattened in the order of ``optimizer.param_groups`` (groups in order,

@@ -18,7 +18,7 @@ Conventions shared by every function
   continuous time of the SDE is :math:`t = \eta k` inside.
 * **Models.** ``model="sde"`` is the paper's underdamped Langevin theory (eq. 3);
   ``model="discrete"`` is the exact linear-Gaussian recursion of SGD with momentum on
-  linear regression (THEORY section 6), with ``k`` a whole number of steps.
+  linear regression (docs/theory.md section 6), with ``k`` a whole number of steps.
 * **Hyperparameters** are keyword-only: learning rate ``eta > 0``, momentum
   ``0 <= beta < 1``, weight decay ``lam >= 0``, batch size ``S > 0``, noise scale
   ``sigma2 >= 0`` (Assumption 5, :math:`\Sigma = \sigma^2 H`).
@@ -219,7 +219,7 @@ def velocity_correlation(rho, k, *, eta, beta, lam=0.0, model="sde"):
 
     * ``"sde"``: :math:`C(k) = [e^{-A_l\eta k}]_{22} = e^{-\gamma\tau}(c - \gamma s)`;
     * ``"discrete"``: :math:`C(k) = [M^k P]_{vv}/P_{vv}` with :math:`P` the stationary
-      covariance of the recursion (THEORY section 6); ``k`` whole. Raises if a mode is beyond
+      covariance of the recursion (docs/theory.md section 6); ``k`` whole. Raises if a mode is beyond
       the stability edge (there is no stationary law).
 
     Shapes: the broadcast shape of all arguments.
@@ -246,7 +246,7 @@ def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weig
     * ``"sde"`` (eq. 27 of Kunin et al. 2023):
       :math:`\mathrm{Var}_{ss}(a) = \eta\sigma^2\rho/(2S(1-\beta)h)`,
       :math:`\mathrm{Var}_{ss}(v) = \sigma^2\rho/(S(1-\beta^2))`;
-    * ``"discrete"`` (THEORY section 6): both times :math:`2(1+\beta)/(2(1+\beta)-\eta h)`.
+    * ``"discrete"`` (docs/theory.md section 6): both times :math:`2(1+\beta)/(2(1+\beta)-\eta h)`.
 
     :math:`h = \rho + \lambda`. At :math:`\rho = \lambda = 0` the ratio :math:`\rho/h` takes its
     :math:`\lambda = 0` value 1. Units: ``var_a`` in squared parameter units, ``var_v`` in
@@ -299,7 +299,7 @@ def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weig
     ``rho`` and the sum runs over the last axis of the broadcast shape (so a grid of learning
     rates is ``eta=etas[:, None]``). For ``"sde"`` this is
     :math:`\eta^2\sigma^2\,\mathrm{tr}(H)/(S(1-\beta^2))`; ``"discrete"`` uses the exact
-    stationary variances (THEORY section 6). ``weights`` (optional, ``>= 0``, broadcasting with
+    stationary variances (docs/theory.md section 6). ``weights`` (optional, ``>= 0``, broadcasting with
     ``rho``) counts the modes at each curvature, :math:`\eta^2\sum_l w_l
     \mathrm{Var}_{ss}(v_l)` (a spectral density given as quadrature nodes and weights).
 

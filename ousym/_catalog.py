@@ -285,7 +285,7 @@ def _build() -> Mapping[str, Derivation]:
         description="equipartition: mean excess loss equals mean kinetic energy K = m||v||^2/2, m = eta(1+beta)/2",
     ))
 
-    # --- exact discrete-time theory (theory notes, section 6) -------------------------------------------
+    # --- exact discrete-time theory (docs/theory.md section 6) -------------------------------------------
     z_next, z_now = _mat("z_{k+1}", 2, 1), _mat("z_k", 2, 1)
     add(Derivation(
         name="discrete_recursion", lhs=z_next,

@@ -29,7 +29,7 @@ class Derivation:
         a relational, or an ``Eq`` when the derivation is an identity).
     reference : str
         Where it is in Kunin et al. 2023 (``"eq. (13)"``, ``"appendix F.2"``), or the section
-        of the project's theory notes for results beyond the paper.
+        of the project's theory document docs/theory.md for results beyond the paper.
     description : str
         One line saying what it is, including its time unit (steps ``k`` or ``t = eta k``).
     lhs : sympy object or None

@@ -1,6 +1,6 @@
 r"""Exact discrete-time theory of SGD with momentum on linear regression (beyond the paper).
 
-theory notes, section 6. For linear regression with Gaussian minibatch noise the recursion of eq. (2)
+docs/theory.md section 6. For linear regression with Gaussian minibatch noise the recursion of eq. (2)
 is exactly linear-Gaussian. Per eigenmode, with state :math:`z_k = (a_k, v_k)` (``a`` the
 position :math:`\langle\theta_k - \mu, q\rangle`, ``v`` the velocity :math:`\langle v_k, q\rangle`)
 and :math:`\xi_k \sim N(0, \sigma^2\rho/S)`:
@@ -58,7 +58,7 @@ __all__ = [
     "continuum_limit",
 ]
 
-#: One step of the mode recursion, z_{k+1} = M z_k + G xi_k (theory notes, section 6).
+#: One step of the mode recursion, z_{k+1} = M z_k + G xi_k (docs/theory.md section 6).
 M = sp.ImmutableMatrix([[1 - eta * h, eta * beta], [-h, beta]])
 #: How the minibatch noise enters: G = (-eta, -1).
 G = sp.ImmutableMatrix([-eta, -1])

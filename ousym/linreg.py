@@ -10,7 +10,7 @@ the phase-space state :math:`z = (\theta, v)` follows
 in continuous time :math:`t = \eta k`. Under Assumption 5 (:math:`\Sigma = \sigma^2 H`) the
 process decouples into one 2-D OU process per Hessian eigenmode, with state
 :math:`(a, b) = (\langle\theta-\mu, q\rangle, \langle v, q\rangle)` and curvature
-:math:`h = \rho + \lambda` (theory notes, section 3).
+:math:`h = \rho + \lambda` (docs/theory.md section 3).
 
 Module-level objects (all SymPy, in the symbols of :mod:`ousym.symbols`):
 
@@ -45,7 +45,7 @@ def mode_drift_coefficients() -> tuple[sp.Expr, sp.Expr]:
 
 _spring, _friction = mode_drift_coefficients()
 
-#: Drift of one eigenmode (theory notes, section 3, from eq. 41 with H -> rho, lambda I -> lambda).
+#: Drift of one eigenmode (docs/theory.md section 3, from eq. 41 with H -> rho, lambda I -> lambda).
 A_mode = sp.ImmutableMatrix([[0, -1], [_spring, _friction]])
 
 #: Diffusion of one eigenmode under Sigma = sigma^2 H (eq. 42 with Sigma -> sigma^2 rho).

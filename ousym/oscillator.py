@@ -8,7 +8,7 @@ with :math:`b = \dot a`, in continuous time :math:`t = \eta k` (step :math:`k`):
     \zeta = \frac{\gamma}{\omega} = \frac{1-\beta}{\sqrt{2\eta(1+\beta)h}}, \qquad
     \Delta = \gamma^2 - \omega^2 .
 
-The propagator (theory notes, section 4), with :math:`\alpha = \sqrt{|\Delta|}`,
+The propagator (docs/theory.md section 4), with :math:`\alpha = \sqrt{|\Delta|}`,
 
 .. math::
     e^{-A_l t} = e^{-\gamma t}\begin{pmatrix} c + \gamma s & s \\ -\omega^2 s & c - \gamma s
@@ -21,7 +21,7 @@ The propagator (theory notes, section 4), with :math:`\alpha = \sqrt{|\Delta|}`,
 Every object here is a function of continuous time ``t``; evaluate it at a step count by
 substituting ``t = eta * k`` (:data:`ousym.symbols.t_of_k`). The plain regime forms are not
 numerically safe (overflow for :math:`\gamma t \gtrsim 710`, 0/0 at :math:`\Delta = 0`):
-numeric kernels must not evaluate them literally (theory notes, section 4).
+numeric kernels must not evaluate them literally (docs/theory.md section 4).
 
 Matrix-valued objects (``propagator*``, ``transient_covariance``) and ``mean_position``,
 ``mean_velocity`` are built on first access (they are module attributes all the same).
@@ -96,7 +96,7 @@ def _cs_with(alpha: sp.Expr, regime: str, time: sp.Expr = t) -> tuple[sp.Expr, s
 
 def regime_cs(regime: str, time: sp.Expr = t) -> tuple[sp.Expr, sp.Expr]:
     r"""The pair :math:`(c, s)` of ``regime`` at ``time`` (default ``t``), with
-    :math:`\alpha = \sqrt{|\Delta|}` written out in the model parameters (theory notes, section 4).
+    :math:`\alpha = \sqrt{|\Delta|}` written out in the model parameters (docs/theory.md section 4).
 
     Raises ``ValueError`` for a name not in :data:`REGIMES`.
     """
@@ -180,7 +180,7 @@ _initial = sp.ImmutableMatrix([a0, b0])
 __getattr__, __dir__ = lazy_attributes(
     globals(),
     {
-        # e^{-A_l t}: a 2x2 matrix of Piecewise entries over the three regimes (theory notes, section 4).
+        # e^{-A_l t}: a 2x2 matrix of Piecewise entries over the three regimes (docs/theory.md section 4).
         "propagator": lambda: by_regime(lambda P: P()),
         # the plain forms: Delta > 0, Delta < 0 (alpha = sqrt(-Delta)), Delta = 0.
         "propagator_overdamped": _plain("overdamped"),

@@ -1,7 +1,7 @@
 """Every symbol of the theory, defined once, with its assumptions and paper notation.
 
 Notation follows Kunin et al., "The Limiting Dynamics of SGD" (Neural Computation 2023,
-arXiv:2107.09133), as restated in the project's theory notes:
+arXiv:2107.09133), as restated in the project's theory document docs/theory.md:
 
 ========  ===========  ==========================================================
 symbol    paper        meaning
@@ -78,7 +78,7 @@ Sigma_theta = sp.MatrixSymbol(r"\Sigma(\theta)", n, n)
 #: Wiener increment of the 2n-dimensional phase-space SDE, and the time step dt.
 dW = sp.MatrixSymbol("dW", 2 * n, 1)
 dt = sp.Symbol("dt", positive=True)
-#: One mode's minibatch-noise sample, xi ~ N(0, sigma^2 rho / S) (theory notes, section 6).
+#: One mode's minibatch-noise sample, xi ~ N(0, sigma^2 rho / S) (docs/theory.md section 6).
 xi = sp.Symbol("xi", real=True)
 #: The value of a stationary density p_ss at the current point (eq. 11: J_ss = j p_ss).
 p_ss = sp.Symbol("p_{ss}", positive=True)

@@ -1,6 +1,6 @@
 r"""Regime-uniform forms of the closed-form theory: one symbol per NaN-safe primitive.
 
-The textbook forms of a mode's propagator (appendix F.2 of Kunin et al. 2023; THEORY section
+The textbook forms of a mode's propagator (appendix F.2 of Kunin et al. 2023; docs/theory.md section
 4) switch between three regimes on the discriminant :math:`\Delta = \gamma^2 - \omega^2`, and
 each regime form is singular or overflows somewhere (0/0 at :math:`\Delta = 0`, inf * 0 for
 large :math:`\gamma t`). The functions below are single **entire** functions of the
@@ -12,7 +12,7 @@ discriminant that equal those forms in every regime:
     e^{-\gamma t}\frac{\sinh(\sqrt{\Delta}\,t)}{\sqrt{\Delta}}
       = t\,e^{-\gamma t}\sum_{n\ge0}\frac{(\Delta t^2)^n}{(2n+1)!},
 
-and likewise for powers of the one-mode SGD matrix :math:`M` (THEORY section 6) by
+and likewise for powers of the one-mode SGD matrix :math:`M` (docs/theory.md section 6) by
 Cayley-Hamilton. Each class here is a SymPy ``Function`` that the code generator prints as a
 call to the hand-written numeric primitive of the same name in snake_case (see
 ``numeric._primitives_common`` for the switches and their error bounds); ``rewrite(Piecewise)``

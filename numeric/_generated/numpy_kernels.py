@@ -4,8 +4,8 @@ GENERATED, DO NOT EDIT: regenerate with `python -m ousym codegen` (make codegen)
 
 generator: ousym.codegen 2
 sympy: 1.14.0
-spec hash: 4a15dd4a6ccf4611
-source hash: 86eedbc57bd93e0a
+spec hash: 7f1cde4b10a5f83d
+source hash: c44089181de56ab4
 """
 
 import numpy
@@ -80,7 +80,7 @@ def discrete_mean_trajectory(rho, k, a0, b0, eta, beta, lam):
 
     Arguments, in order: rho, k, a0, b0, eta, beta, lam.
     Returns the tuple (a_k, v_k,).
-    Reference: THEORY section 6 (exact SGD recursion): M^k (a0, v0).
+    Reference: docs/theory.md section 6 (exact SGD recursion): M^k (a0, v0).
     Backend: numpy; arguments must already be broadcastable arrays of one dtype (and
     device).
     """
@@ -96,7 +96,7 @@ def discrete_velocity_correlation(rho, k, eta, beta, lam):
 
     Arguments, in order: rho, k, eta, beta, lam.
     Returns the tuple (correlation,).
-    Reference: THEORY section 6 (exact SGD recursion): [M^k P]_vv / P_vv.
+    Reference: docs/theory.md section 6 (exact SGD recursion): [M^k P]_vv / P_vv.
     Backend: numpy; arguments must already be broadcastable arrays of one dtype (and
     device).
     """
@@ -111,7 +111,8 @@ def discrete_stationary_variance(rho, eta, beta, lam, S, sigma2):
 
     Arguments, in order: rho, eta, beta, lam, S, sigma2.
     Returns the tuple (var_a, var_v,).
-    Reference: THEORY section 6 (exact SGD recursion): P = M P M^T + G G^T sigma^2 rho / S.
+    Reference: docs/theory.md section 6 (exact SGD recursion): P = M P M^T + G G^T sigma^2
+    rho / S.
     Backend: numpy; arguments must already be broadcastable arrays of one dtype (and
     device).
     """

@@ -9,7 +9,7 @@ Each spec is built from the derivation modules' expressions (never retyped):
   :func:`ousym.uniform.split_spectral_fraction`;
 * the damping ratio ``ousym.oscillator.zeta`` (appendix F.2);
 * the discrete model from ``ousym.discrete`` (``M``, ``P_ss``, ``discrete_var_a``,
-  ``discrete_var_v``; THEORY section 6) by :func:`ousym.uniform.uniform_matrix_power`.
+  ``discrete_var_v``; docs/theory.md section 6) by :func:`ousym.uniform.uniform_matrix_power`.
 
 The tests in ``tests/codegen`` prove every output equal to the three-regime forms.
 """
@@ -79,7 +79,7 @@ def sde_specs() -> list[KernelSpec]:
 
 
 def discrete_specs() -> list[KernelSpec]:
-    """Kernels of the exact discrete recursion (THEORY section 6; k whole steps)."""
+    """Kernels of the exact discrete recursion (docs/theory.md section 6; k whole steps)."""
     from ..discrete import M, P_ss, discrete_var_a, discrete_var_v
 
     power = uniform_matrix_power(M, k, x=eta * h, beta=beta)
@@ -92,14 +92,14 @@ def discrete_specs() -> list[KernelSpec]:
             name="discrete_mean_trajectory",
             arguments=_arguments("rho", "k", "a0", "b0", "eta", "beta", "lam"),
             outputs=[("a_k", mean[0]), ("v_k", mean[1])],
-            reference="THEORY section 6 (exact SGD recursion): M^k (a0, v0)",
+            reference="docs/theory.md section 6 (exact SGD recursion): M^k (a0, v0)",
             description="Mean (a, v) of one mode after k whole SGD steps, M^k (a0, v0).",
         ),
         KernelSpec(
             name="discrete_velocity_correlation",
             arguments=_arguments("rho", "k", "eta", "beta", "lam"),
             outputs=[("correlation", correlation)],
-            reference="THEORY section 6 (exact SGD recursion): [M^k P]_vv / P_vv",
+            reference="docs/theory.md section 6 (exact SGD recursion): [M^k P]_vv / P_vv",
             description="Stationary velocity autocorrelation of the SGD recursion at a lag of "
                         "k whole steps, C(0) = 1.",
         ),
@@ -108,7 +108,7 @@ def discrete_specs() -> list[KernelSpec]:
             arguments=_arguments("rho", "eta", "beta", "lam", "S", "sigma2"),
             outputs=[("var_a", split_spectral_fraction(discrete_var_a, rho, lam)),
                      ("var_v", discrete_var_v)],
-            reference="THEORY section 6 (exact SGD recursion): P = M P M^T + G G^T sigma^2 rho / S",
+            reference="docs/theory.md section 6 (exact SGD recursion): P = M P M^T + G G^T sigma^2 rho / S",
             description="Stationary variances of a mode's position a and velocity v under the "
                         "exact recursion (stable modes, 0 < eta (rho + lam) < 2 (1 + beta)).",
         ),

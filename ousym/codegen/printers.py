@@ -6,7 +6,7 @@ The stock printers are tables on a class; these subclasses change exactly three 
   numeric runtime (``_prim.damped_cosh(...)``), imported by the generated module;
 * ``Piecewise`` and matrices are refused: the stock ``Piecewise`` (``numpy.select`` /
   nested ``torch.where``) evaluates every branch and is not NaN-safe, and the stock Matrix
-  printing does not batch (THEORY section 4). Kernels are scalar expressions that broadcast;
+  printing does not batch (docs/theory.md section 4). Kernels are scalar expressions that broadcast;
 * numeric constants print as Python float literals (17 significant digits), which both
   backends accept and which keep the dtype of the array arguments (``torch.sqrt(2)`` would
   fail on a Python int, ``numpy.float64`` would upcast float32 tensors).

@@ -1,6 +1,6 @@
 """Independent high-precision references for the closed-form kernels of :mod:`numeric`.
 
-Everything here is written directly from THEORY.md sections 4-6 and evaluated with mpmath at
+Everything here is written directly from docs/theory.md sections 4-6 and evaluated with mpmath at
 ``DIGITS = 50`` significant digits; it never imports :mod:`numeric` or :mod:`ousym`, so a test
 that compares the two compares two independent routes.
 
@@ -120,17 +120,17 @@ class ModeSpec:
         self.omega = mp.sqrt(self.omega2)
 
     def drift(self):
-        """A of THEORY.md section 3, per mode."""
+        """A of docs/theory.md section 3, per mode."""
         return (mp.mpf(0), mp.mpf(-1), self.omega2, 2 * self.gamma)
 
     def step_matrix(self):
-        """M of THEORY.md section 6."""
+        """M of docs/theory.md section 6."""
         eta, beta, h = self.eta, self.beta, self.h
         return (1 - eta * h, eta * beta, -h, beta)
 
 
 def sde_propagator(mode: ModeSpec, k):
-    """e^{-A t} at t = eta k (THEORY.md section 4), as a 2x2 tuple."""
+    """e^{-A t} at t = eta k (docs/theory.md section 4), as a 2x2 tuple."""
     t = mode.eta * _mpf(k)
     gamma, omega2 = mode.gamma, mode.omega2
     delta = gamma * gamma - omega2
@@ -147,7 +147,7 @@ def sde_propagator(mode: ModeSpec, k):
 
 
 def discrete_propagator(mode: ModeSpec, k):
-    """M^k for an integer number of steps k (THEORY.md section 6)."""
+    """M^k for an integer number of steps k (docs/theory.md section 6)."""
     kf = float(k)
     if kf != int(kf) or kf < 0:
         raise ValueError(f"the discrete model needs an integer k >= 0, got {k!r}")
@@ -354,7 +354,7 @@ def discrete_critical_zetas(beta):
 
 
 def is_stable_discrete(eta, rho, beta, lam) -> bool:
-    """0 < eta h < 2 (1 + beta) (THEORY.md section 6)."""
+    """0 < eta h < 2 (1 + beta) (docs/theory.md section 6)."""
     return 0 < eta * (rho + lam) < 2 * (1 + beta)
 
 

@@ -16,7 +16,7 @@ from numeric import (autocorrelation, dominant_frequency, exponent_vs_window, fi
 
 
 def sgd_mode(eta, beta, h, sigma2_rho):
-    """THEORY.md section 3: drift and diffusion of one eigenmode, state (a, b)."""
+    """docs/theory.md section 3: drift and diffusion of one eigenmode, state (a, b)."""
     A = np.array([[0.0, -1.0], [2 * h / (eta * (1 + beta)), 2 * (1 - beta) / (eta * (1 + beta))]])
     D = np.array([[0.0, 0.0], [0.0, 2 * (1 - beta) * sigma2_rho / (eta * (1 + beta))]])
     return A, D

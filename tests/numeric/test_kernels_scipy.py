@@ -28,7 +28,7 @@ S_BATCH, SIGMA2 = 16.0, 0.35
 EPS = np.finfo(np.float64).eps
 
 
-# --- float64 building blocks straight from THEORY.md sections 3 and 6 ------------------------
+# --- float64 building blocks straight from docs/theory.md sections 3 and 6 ------------------------
 
 def drift(rho, eta, beta, lam):
     h = rho + lam
@@ -152,7 +152,7 @@ def _unit(i, j, omega):
 
 @pytest.mark.parametrize("model", ["sde", "discrete"])
 def test_reference_stationary_variance_matches_theory_closed_forms(model):
-    """THEORY.md sections 3 and 6: the SDE values, and SGD's = SDE x 2(1+b)/(2(1+b) - eta h)."""
+    """docs/theory.md sections 3 and 6: the SDE values, and SGD's = SDE x 2(1+b)/(2(1+b) - eta h)."""
     for rho, eta, beta, lam in [(0.7, 0.05, 0.9, 0.01), (3.0, 0.1, 0.0, 0.0),
                                 (1e-6, 1e3, 0.999, 1e-4), (2.0, 0.9, 0.5, 0.1)]:
         with mp.workdps(ref.DIGITS):

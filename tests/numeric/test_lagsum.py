@@ -36,7 +36,7 @@ EDGE_MARGIN = 1e-3
 
 
 def eta_for(zeta, beta, h):
-    """The learning rate that puts a mode of curvature h at damping ratio zeta (THEORY 4)."""
+    """The learning rate that puts a mode of curvature h at damping ratio zeta (docs/theory.md section 4)."""
     return (1 - beta) ** 2 / (2 * (1 + beta) * h * zeta**2)
 
 

@@ -1,5 +1,5 @@
 """General OU numerics against independent routes: scipy's Lyapunov solver and expm, the
-closed-form SGD mode of THEORY.md section 3, and the sampler's empirical moments."""
+closed-form SGD mode of docs/theory.md section 3, and the sampler's empirical moments."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_decomposition_identities_random_nonsymmetric(rng, n):
 
 
 def test_decomposition_matches_sgd_mode_closed_form():
-    # THEORY.md section 3, with s = sigma^2 rho:
+    # docs/theory.md section 3, with s = sigma^2 rho:
     # Q_l = [[0, -s], [s, 0]], U_l = diag(2h/(eta(1+beta) s), 1/s)
     for eta, beta, h, s in [(0.1, 0.9, 2.0, 0.3), (1e-3, 0.5, 7.0, 1.5), (0.5, 0.0, 0.2, 2.0)]:
         A, D = sgd_mode(eta, beta, h, s)

@@ -1,4 +1,4 @@
-"""Trajectory recorder against a hand-written SGD-with-momentum loop (THEORY.md section 1),
+"""Trajectory recorder against a hand-written SGD-with-momentum loop (docs/theory.md section 1),
 and its chunked, atomic, resumable files."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The exact discrete-time theory (theory notes, section 6) and its SDE limit."""
+"""The exact discrete-time theory (docs/theory.md section 6) and its SDE limit."""
 
 from __future__ import annotations
 
