@@ -427,8 +427,9 @@ def ou_2d_example(*, num_paths: int = 200, num_steps: int = 2000, dt: float = 0.
                   seed: int = 0) -> tuple[Comparison, dict]:
     r"""The paper's Fig. 3: a 2-D OU process ``dz = -H z dt + sqrt(2 D) dW`` whose noise is
     anisotropic and not aligned with H, so the stationary law is not the Gibbs law of
-    ``Phi = z^T H z / 2`` but of a modified ``Psi = z^T U z`` (Kwon-Ao, ``numeric.
-    ou_decomposition``), and a probability current ``J = -Q U z p_ss`` circulates.
+    ``Phi = z^T H z / 2`` but of a modified ``Psi = z^T U z / 2`` (eq. 39; Kwon-Ao,
+    ``numeric.ou_decomposition``, ``numeric.ou_modified_loss``), and a probability current
+    ``J = -Q U z p_ss`` circulates.
 
     The number: the stationary correlation ``Cov(z_1, z_2)`` from exact samples
     (``numeric.sample_ou``, ``num_paths`` independent paths, time-averaged after a burn-in of

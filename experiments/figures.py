@@ -199,6 +199,8 @@ def plot_noise_covariance(cur: dict, path: Path) -> str:
 def plot_ou_2d(cur: dict, path: Path) -> str:
     """The paper's Fig. 3: contours of Phi and of the modified Psi, a sample path, and the
     stationary probability current ``J = -Q U z p_ss``."""
+    import numeric
+
     H, U, Q, B = cur["H"], cur["U"], cur["Q"], cur["B"]
     path_z = cur["path"]
     lim = 3.0 * np.sqrt(np.max(np.diag(B)))
@@ -206,10 +208,10 @@ def plot_ou_2d(cur: dict, path: Path) -> str:
     zx, zy = np.meshgrid(grid, grid)
     z = np.stack([zx, zy], -1)
     phi = 0.5 * np.einsum("...i,ij,...j->...", z, H, z)
-    psi = np.einsum("...i,ij,...j->...", z, U, z)
+    psi = numeric.ou_modified_loss(z, U)  # eq. 39: z^T U z / 2, p_ss = e^{-Psi} at kappa = 1
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, field, title in ((axes[0], phi, r"original $\Phi = z^\top H z/2$"),
-                             (axes[1], psi, r"modified $\Psi = z^\top U z$")):
+                             (axes[1], psi, r"modified $\Psi = z^\top U z/2$")):
         ax.contour(zx, zy, field, levels=8, cmap="viridis", linewidths=0.8)
         ax.plot(path_z[:, 0], path_z[:, 1], color="gray", lw=0.3, alpha=0.7)
         ax.set_aspect("equal")
@@ -219,7 +221,7 @@ def plot_ou_2d(cur: dict, path: Path) -> str:
     coarse = np.linspace(-lim, lim, 41)
     cx, cy = np.meshgrid(coarse, coarse)
     cz = np.stack([cx, cy], -1)
-    density = np.exp(-0.5 * np.einsum("...i,ij,...j->...", cz, U, cz))
+    density = np.exp(-numeric.ou_modified_loss(cz, U))  # kappa = 1
     current = -np.einsum("ij,jk,...k->...i", Q, U, cz) * density[..., None]
     speed = np.linalg.norm(current, axis=-1)
     axes[1].streamplot(cx, cy, current[..., 0], current[..., 1], color="C3", density=0.7,

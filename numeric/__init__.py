@@ -54,10 +54,11 @@ __all__ += [
 from ._ou import OUDecomposition as OUDecomposition
 from ._ou import ou_decomposition as ou_decomposition
 from ._ou import ou_lag_covariance as ou_lag_covariance
+from ._ou import ou_modified_loss as ou_modified_loss
 from ._ou import ou_stationary_covariance as ou_stationary_covariance
 from ._ou import sample_ou as sample_ou
 
-__all__ += ["OUDecomposition", "ou_decomposition", "ou_lag_covariance",
+__all__ += ["OUDecomposition", "ou_decomposition", "ou_lag_covariance", "ou_modified_loss",
             "ou_stationary_covariance", "sample_ou"]
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "OUDecomposition",
     "ou_decomposition",
     "ou_lag_covariance",
+    "ou_modified_loss",
     "ou_stationary_covariance",
     "sample_ou",
 ]
@@ -62,7 +63,8 @@ class OUDecomposition(NamedTuple):
         ``(..., n, n)``, skew-symmetric: :math:`Q = A B - D`.
     U:
         ``(..., n, n)``, symmetric positive definite: :math:`U = B^{-1}`; the modified loss
-        is :math:`\Psi(z) = (z - \mu)^\top U (z - \mu)` (eq. 8).
+        is :math:`\Psi(z) = \tfrac12 (z - \mu)^\top U (z - \mu)` (eq. 8, 39;
+        :func:`ou_modified_loss`).
     B:
         ``(..., n, n)``, symmetric positive definite: the solution of
         :math:`A B + B A^\top = 2 D`, i.e. :math:`\kappa` times the stationary covariance.
@@ -182,6 +184,55 @@ def ou_decomposition(A, D):
     Q = A @ B - D
     Q = 0.5 * (Q - np.swapaxes(Q, -1, -2))
     return OUDecomposition(Q=Q, U=U, B=B)
+
+
+def ou_modified_loss(z, U, *, mean=None):
+    r"""The modified loss :math:`\Psi(z) = \tfrac12 (z - \mu)^\top U (z - \mu)` (eq. 8, 39).
+
+    This is the paper's normalisation (eq. 39, 45, 46; docs/theory.md section 3): with it the
+    stationary density is the Gibbs law :math:`p_{ss} \propto e^{-\kappa\Psi}
+    = N(\mu, \kappa^{-1} U^{-1})` (eq. 27, 36), and for SGD on least squares
+    :math:`\Psi = \Psi_\theta + \Psi_v` with
+    :math:`\Psi_v = v^\top H^{-1} v / (2\sigma^2)` (eq. 46). ``ousym.potentials`` derives
+    the same expression.
+
+    Parameters
+    ----------
+    z:
+        ``(..., n)`` points in phase space.
+    U:
+        ``(..., n, n)`` symmetric matrix, e.g. ``ou_decomposition(A, D).U``; broadcasts
+        against ``z``'s batch dimensions.
+    mean:
+        ``(..., n)`` the minimum :math:`\mu` (the stationary mean), or ``None`` for 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, ``broadcast(z.shape[:-1], U.shape[:-2], mean.shape[:-1])``.
+
+    Raises
+    ------
+    ValueError
+        ``U`` not square, sizes of ``z``, ``U`` and ``mean`` that do not match, non-finite
+        entries.
+    """
+    U = _as_square_batch(U, "U")
+    n = U.shape[-1]
+    try:
+        z = np.asarray(z, dtype=np.float64)
+        center = np.zeros(n) if mean is None else np.asarray(mean, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"z and mean must be real arrays of shape (..., {n}), but got "
+                        f"{type(z).__name__} and {type(mean).__name__}") from error
+    for name, value in (("z", z), ("mean", center)):
+        if value.ndim < 1 or value.shape[-1] != n:
+            raise ValueError(f"{name} must have shape (..., {n}) to match U of shape "
+                             f"{U.shape}, but got shape {value.shape}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite, but it has non-finite entries")
+    displacement = z - center
+    return 0.5 * np.einsum("...i,...ij,...j->...", displacement, U, displacement)
 
 
 def _check_kappa(kappa):
