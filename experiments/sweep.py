@@ -37,11 +37,12 @@ run,
   (``numeric.global_displacement(..., model="discrete")``) on exactly the grid and window on
   which it is fitted to the measured curve.
 
-Modes with :math:`\rho + \lambda \le 0` have no stationary law (the linear model has no
-restoring force along them; docs/theory.md section 10). They are left out of both predictions
-and counted in the row (``excluded_modes``, ``excluded_weight``); under Assumption 5 modes with
-:math:`\rho = 0` carry no noise and add nothing anyway, and a negative :math:`\rho` is
-curvature that the quadratic model of the start point does not describe.
+Modes with :math:`\rho + \lambda \le 0` have no stationary law (no restoring force along
+them; docs/theory.md section 10), and modes with :math:`\rho \le 0` carry no noise under
+Assumption 5 (a negative :math:`\rho` would even give a negative variance: curvature that
+the quadratic model of the start point does not describe). Both are left out of both
+predictions and counted in the row (``excluded_modes``, ``excluded_weight``), so a reader sees
+how much of the spectrum the prediction ignores (:func:`stationary_modes`).
 """
 
 from __future__ import annotations
@@ -139,15 +140,17 @@ def _format_value(value) -> str:
 
 
 def stationary_modes(spectrum, lam: float = 0.0, *, rtol: float = 1e-10):
-    r"""The modes that have a stationary law: ``(nodes, weights, excluded_count,
+    r"""The modes the predictions sum over: ``(nodes, weights, excluded_count,
     excluded_weight)``.
 
     ``spectrum`` is an array of eigenvalues (each of weight 1) or an object with ``nodes()``
     and ``weights()`` (``numeric.Spectrum``: top-k eigenvalues of weight 1 and the SLQ nodes of
-    the bulk with weights summing to the number of bulk modes). Kept: ``rho + lam > 0`` and
-    ``rho > rtol * max(rho)`` (under Assumption 5 a mode with ``rho = 0`` carries no noise, so
-    it adds nothing to either prediction and is dropped to keep the kernels away from
-    ``0 / 0``). Equal nodes are merged (their weights add), so an exact spectrum with
+    the bulk with weights summing to the number of bulk modes). Kept: ``rho > rtol * max(rho)``.
+    Left out, and counted in ``excluded_count``/``excluded_weight``: modes with
+    ``rho + lam <= 0``, which have no stationary law, and modes with ``rho <= 0 < rho + lam``,
+    which relax under weight decay but carry no noise under Assumption 5 (``Sigma = sigma^2
+    H``; a negative ``rho`` would give a negative noise variance), so they add nothing to
+    either prediction. Equal nodes are merged (their weights add), so an exact spectrum with
     multiplicities (``I_c (x) H`` of linear regression) costs one kernel column per distinct
     eigenvalue.
     """
@@ -160,9 +163,13 @@ def stationary_modes(spectrum, lam: float = 0.0, *, rtol: float = 1e-10):
     if nodes.shape != weights.shape or nodes.size == 0:
         raise ValueError(f"spectrum must have as many weights as nodes (and at least one), but "
                          f"got {nodes.shape} nodes and {weights.shape} weights")
-    keep = (nodes + lam > 0) & (nodes > rtol * nodes.max())
-    excluded_count = int(np.count_nonzero((nodes + lam <= 0)))
-    excluded_weight = float(weights[nodes + lam <= 0].sum())
+    if not lam >= 0:
+        raise ValueError(f"lam must be >= 0, but got {lam}")
+    keep = nodes > rtol * max(float(nodes.max()), 0.0)
+    if not keep.any():
+        raise ValueError(f"spectrum must have a positive eigenvalue, but its largest is "
+                         f"{nodes.max()}")
+    excluded_count, excluded_weight = int(np.count_nonzero(~keep)), float(weights[~keep].sum())
     nodes, weights = nodes[keep], weights[keep]
     _, inverse = np.unique(np.round(nodes, 12), return_inverse=True)
     merged = np.bincount(inverse, weights=weights)
