@@ -298,7 +298,10 @@ def noise_scale_fit(noise, eigenvalues, eigenvectors=None):
     diagonal = np.diag(projected).copy()
     sigma2 = float(rho @ diagonal / scale)
     mismatch = math.sqrt(np.sum((projected - sigma2 * np.diag(rho)) ** 2)) / total
-    off_diagonal = math.sqrt(max(np.sum(projected**2) - np.sum(diagonal**2), 0.0)) / total
+    # the off-diagonal entries themselves, not sqrt(sum P^2 - sum diag^2): that difference
+    # cancels to a floor of about eps * sum P^2, i.e. sqrt(eps) ~ 1e-8 relative, whatever the
+    # true off-diagonal mass
+    off_diagonal = math.sqrt(np.sum((projected - np.diag(diagonal)) ** 2)) / total
     ratios = np.full(m, np.nan)
     np.divide(diagonal, rho, out=ratios, where=rho != 0)
     return NoiseFit(sigma2=sigma2, relative_mismatch=float(mismatch),
