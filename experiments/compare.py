@@ -274,8 +274,10 @@ def compare_velocity_correlation(b, rho, *, eta, beta, lam=0.0, max_lag, record_
     ``b`` is ``(R, seeds, m)`` over a stationary window, recorded every ``record_every`` steps;
     lags are ``0..max_lag`` records (``record_every`` steps each). ``numeric.autocorrelation``
     estimates the normalised ACF per seed and its standard error across seeds. The table's
-    number is the top mode at one damping time of that mode, ``(1+beta)/(1-beta)`` steps
-    (``C = e^{-1} cos(...)`` there in the SDE).
+    number is the top mode at one damping time of that mode, ``k* = (1+beta)/(1-beta)`` steps,
+    where ``gamma eta k* = 1``: in the SDE, for an underdamped mode,
+    ``C(k*) = e^{-1} (cos(alpha eta k*) - (gamma/alpha) sin(alpha eta k*))``
+    (appendix G.2; ``alpha = sqrt(omega^2 - gamma^2)``).
     """
     rho = np.asarray(rho, dtype=np.float64)
     lags_rec = np.arange(max_lag + 1)

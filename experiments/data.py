@@ -210,7 +210,8 @@ def make_synthetic(spectrum=None, *, num_samples: int = 4000, num_outputs: int =
 
     Args:
         spectrum: the eigenvalues of H, ``(d,)``, > 0; default 16 values geometric in [1e-2, 1].
-        num_samples: N, > d.
+        num_samples: N, > d + 1 (the inputs are centred and the noise is made orthogonal to
+            them, which takes d + 1 degrees of freedom).
         num_outputs: c, the number of independent outputs (columns of Y).
         noise_std: sigma >= 0.
         seed: seed of the basis, inputs, planted weights and noise.

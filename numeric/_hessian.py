@@ -31,6 +31,15 @@ quotient) and, in addition, the same residual test.
 
 For linear regression the Hessian is known exactly (:func:`linear_regression_hessian`,
 :func:`linear_regression_eigenpairs`), with the same output type as the iterative solvers.
+
+Data sharded across processes (``torch.distributed``): with ``distributed=True`` (the default
+process group) or ``distributed=<a process group>``, each rank's ``batches`` are its shard of
+the data and every product is all-reduced: :math:`H v = \sum_r \sum_{b \in r} n_b H_b v /
+\sum_r \sum_{b \in r} n_b`, the operator of the union of the shards. The reduction is
+explicit because ``torch.autograd.grad`` does not fire DistributedDataParallel's hooks (pass
+the module itself, not its DDP wrapper). Every rank must make the same calls with the same
+arguments (seeds, generators), so random probes and Krylov bases agree across ranks; the
+results are then identical on every rank.
 """
 
 from __future__ import annotations
@@ -203,13 +212,32 @@ def _to_device(item, device):
     return item
 
 
-class _HessianOperator:
-    """The map V -> H V for a block V of shape (m, num_params), counting the products."""
+def _check_distributed(distributed):
+    """``distributed`` -> the process group to all-reduce over, or None (no reduction)."""
+    if distributed is False or distributed is None:
+        return None
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(f"distributed={distributed!r} needs an initialised torch.distributed "
+                         "process group (torch.distributed.init_process_group), but there is none")
+    if distributed is True:
+        return torch.distributed.group.WORLD
+    if isinstance(distributed, torch.distributed.ProcessGroup):
+        return distributed
+    raise TypeError(f"distributed must be False, True or a torch.distributed.ProcessGroup, but "
+                    f"got {type(distributed).__name__}")
 
-    def __init__(self, model, loss_fn, batches):
+
+class _HessianOperator:
+    """The map V -> H V for a block V of shape (m, num_params), counting the products.
+
+    With ``distributed`` (True or a process group), each rank's batches are its shard and the
+    products and sample counts are summed over the ranks of the group before the division."""
+
+    def __init__(self, model, loss_fn, batches, distributed=False):
         self.params = _check_model(model)
         _check_loss_fn(loss_fn)
         _check_batches(batches)
+        self.group = _check_distributed(distributed)
         self.model, self.loss_fn, self.batches = model, loss_fn, batches
         self.device = self.params[0].device
         self.dtype = self.params[0].dtype
@@ -229,7 +257,8 @@ class _HessianOperator:
         return _to_device(inputs, self.device), _to_device(targets, self.device)
 
     def matmul(self, vectors):
-        """H @ vectors.T, row by row: (m, P) in -> (m, P) float64 out, on the model's device."""
+        """(H @ vectors.T).T = vectors @ H (H is symmetric): row i of the result is H applied
+        to row i of ``vectors``; (m, P) in -> (m, P) float64 out, on the model's device."""
         vectors = vectors.to(self.device, self.dtype)
         m = vectors.shape[0]
         out = torch.zeros((m, self.num_params), dtype=torch.float64, device=self.device)
@@ -241,6 +270,12 @@ class _HessianOperator:
             n_b = _batch_size(targets, inputs)
             total += n_b
             self._accumulate(inputs, targets, pieces, n_b, out)
+        if self.group is not None:
+            # autograd.grad fires no DDP hook: sum the shards' weighted sums and counts here
+            count = torch.tensor([float(total)], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(out, group=self.group)
+            torch.distributed.all_reduce(count, group=self.group)
+            total = int(round(float(count)))
         if total == 0:
             raise ValueError("batches must yield at least one sample, but they yielded none")
         out /= total
@@ -274,7 +309,7 @@ class _HessianOperator:
                     out[row, offsets[i]:offsets[i + 1]] += weight * product.reshape(-1).double()
 
 
-def hessian_vector_product(model, loss_fn, batches, vectors):
+def hessian_vector_product(model, loss_fn, batches, vectors, *, distributed=False):
     """Hessian-vector products :math:`H v` of the training loss, for a block of vectors.
 
     Parameters
@@ -291,6 +326,10 @@ def hessian_vector_product(model, loss_fn, batches, vectors):
         shuffle or augment.
     vectors:
         tensor of shape ``(m, P)`` or ``(P,)``.
+    distributed:
+        ``False`` (default); ``True`` or a ``torch.distributed`` process group: ``batches``
+        is this rank's shard and the products are all-reduced over the group (module
+        docstring).
 
     Returns
     -------
@@ -301,7 +340,7 @@ def hessian_vector_product(model, loss_fn, batches, vectors):
     ------
     TypeError / ValueError on a bad model, loss, loader, or a vector of the wrong size.
     """
-    operator = _HessianOperator(model, loss_fn, batches)
+    operator = _HessianOperator(model, loss_fn, batches, distributed)
     if not isinstance(vectors, torch.Tensor):
         raise TypeError(f"vectors must be a torch.Tensor, but got {type(vectors).__name__}")
     if vectors.dim() not in (1, 2) or vectors.shape[-1] != operator.num_params:
@@ -420,7 +459,7 @@ def _lanczos(operator, k, tol, max_hvps, block_size, max_basis, seed, dtype):
 
 
 def hessian_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None, block_size=None,
-                       max_basis=None, dtype=None, seed=0):
+                       max_basis=None, dtype=None, seed=0, distributed=False):
     """Top-k eigenpairs of the training-loss Hessian by thick-restart block Lanczos.
 
     Computes the ``k`` algebraically largest eigenvalues :math:`\\rho_1 \\ge \\dots \\ge
@@ -465,6 +504,9 @@ def hessian_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None, b
         products are always accumulated in float64 first).
     seed:
         seed of the random start block (drawn on the CPU, so results match across devices).
+    distributed:
+        ``False`` (default); ``True`` or a process group: data sharded across ranks, products
+        all-reduced (see the module docstring).
 
     Returns
     -------
@@ -478,7 +520,7 @@ def hessian_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None, b
     TypeError / ValueError naming the argument for a bad model, loss, loader, ``k``, ``tol``,
     ``max_hvps``, ``block_size``, ``max_basis`` or ``dtype``.
     """
-    operator = _HessianOperator(model, loss_fn, batches)
+    operator = _HessianOperator(model, loss_fn, batches, distributed)
     P = operator.num_params
     k = _check_k(k, P)
     tol = _check_tol(tol)
@@ -510,7 +552,7 @@ def hessian_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None, b
 
 
 def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps=None,
-                               dtype=None, seed=0):
+                               dtype=None, seed=0, distributed=False):
     """Baseline: PyHessian's deflated power iteration (Yao et al. 2020), plus a residual test.
 
     PyHessian's ``hessian.eigenvalues(maxIter=100, tol=1e-3, top_n=k)`` does, for each pair
@@ -547,7 +589,7 @@ def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps
     ``converged=False``. Other arguments, return value and errors as in
     :func:`hessian_eigenpairs`.
     """
-    operator = _HessianOperator(model, loss_fn, batches)
+    operator = _HessianOperator(model, loss_fn, batches, distributed)
     P = operator.num_params
     k = _check_k(k, P)
     tol = _check_tol(tol)
@@ -596,7 +638,7 @@ def power_iteration_eigenpairs(model, loss_fn, batches, k, *, tol=1e-3, max_hvps
 
 
 def hutchinson_trace(model, loss_fn, batches, *, num_samples=100, generator=None,
-                     block_size=8):
+                     block_size=8, distributed=False):
     """Hutchinson's estimate of :math:`\\mathrm{tr}(H)` with its standard error.
 
     :math:`\\widehat{\\mathrm{tr}} = \\frac1n \\sum_{s=1}^n z_s^\\top H z_s` with Rademacher
@@ -605,10 +647,12 @@ def hutchinson_trace(model, loss_fn, batches, *, num_samples=100, generator=None
     ``num_samples`` (``>= 2``) HVPs, taken ``block_size`` at a time in eval mode (model,
     loss and loader as in :func:`hessian_vector_product`). ``generator`` is a CPU
     ``torch.Generator`` for the probes (default: seeded with 0, reproducible); probes are
-    drawn on the CPU and moved to the model's device. Returns :class:`TraceEstimate` of
-    Python floats.
+    drawn on the CPU and moved to the model's device. ``distributed`` (True or a process
+    group): ``batches`` is this rank's shard and the products are all-reduced (module
+    docstring; every rank must pass a generator in the same state). Returns
+    :class:`TraceEstimate` of Python floats.
     """
-    operator = _HessianOperator(model, loss_fn, batches)
+    operator = _HessianOperator(model, loss_fn, batches, distributed)
     num_samples = _check_positive_int(num_samples, "num_samples", 2)
     block_size = _check_positive_int(block_size, "block_size", 1)
     if generator is None:

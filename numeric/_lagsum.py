@@ -18,6 +18,23 @@ where :math:`C(j)` is the normalised velocity autocorrelation of one mode at a l
 ``W`` is dimensionless; ``k`` counts steps. The work is :math:`O(1)` per element: closed forms,
 no loop over lags and no repeated squaring.
 
+What is generated and what is derived by hand
+---------------------------------------------
+This module is **written by hand**, not generated: the derivation below, its branch switches
+and series coefficients are this file's own. What is generated from the SymPy theory
+(``numeric/_generated/``, via ``ousym.codegen``) is the velocity correlation :math:`C`, the
+stationary variances :math:`\mathrm{Var}_{ss}(v)` that multiply :math:`W`, and every other
+kernel of :mod:`numeric.kernels`. The SymPy derivation has its own closed form of the same
+sum (``ousym.stationary.global_displacement_mode`` for the SDE,
+``ousym.discrete.discrete_global_displacement_mode`` for the recursion: the geometric matrix
+sum of :math:`E^j`, piecewise over the regimes), which is not printed into code because it
+divides by :math:`\alpha` and :math:`(I - E)^2` and overflows for large :math:`k`. The two are
+tied by a test: ``tests/test_theory_to_kernels.py`` evaluates the SymPy closed forms at 50
+digits against :func:`numeric.global_displacement` on a grid of regimes (over-, under- and
+exactly critically damped, both models, the recursion's double roots) and lags up to
+:math:`10^5`, within the accuracy stated below; ``tests/numeric/test_lagsum.py`` checks this
+module against an independent 50-digit evaluation of the definition.
+
 Derivation (the notation of the code)
 -------------------------------------
 Both correlations are divided differences over the two roots of the mode. Write

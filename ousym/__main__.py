@@ -4,7 +4,7 @@
 * ``latex NAME [NAME ...]``          LaTeX of each named derivation
 * ``latex --all``                    the whole theory as text on the terminal
 * ``latex --all --document FILE``    a standalone LaTeX document of every derivation
-* ``theory``                         the whole derived theory as text (what ``make demo`` shows)
+* ``theory``                         the whole derived theory as text
 * ``codegen ...``                    the code generator (``ousym.codegen.cli``), loaded lazily
 
 Exit status: 0 on success, 2 for usage errors (unknown names, bad options).
