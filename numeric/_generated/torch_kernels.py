@@ -4,15 +4,15 @@ GENERATED, DO NOT EDIT: regenerate with `python -m ousym codegen` (make codegen)
 
 generator: ousym.codegen 2
 sympy: 1.14.0
-spec hash: 7f1cde4b10a5f83d
-source hash: 2ebc55722a3b16e5
+spec hash: 01253ab0f7f7350c
+source hash: 91d94461857083a5
 """
 
 import torch
 
 from .. import _primitives_torch as _prim
 
-__all__ = ['damping_ratio', 'sde_mean_trajectory', 'sde_velocity_correlation', 'sde_stationary_variance', 'discrete_mean_trajectory', 'discrete_velocity_correlation', 'discrete_stationary_variance']
+__all__ = ['damping_ratio', 'sde_mean_trajectory', 'sde_velocity_correlation', 'sde_stationary_variance', 'discrete_mean_trajectory', 'discrete_velocity_correlation', 'discrete_stationary_variance', 'minibatch_cross_mode_stein']
 
 
 def damping_ratio(rho, eta, beta, lam):
@@ -120,3 +120,23 @@ def discrete_stationary_variance(rho, eta, beta, lam, S, sigma2):
     _x1 = 2*beta + 2
     _x2 = sigma2/S
     return (-_x2*eta*(beta + 1)*_prim.spectral_fraction(rho, lam)/(_x0*(_x1 - eta*lam - eta*rho)), -2*_x2*rho/(_x0*(_x1 - eta*(lam + rho))),)
+
+
+def minibatch_cross_mode_stein(h_l, h_m, eta, beta):
+    """Solution S_lm of the 2x2 Stein equation S = M_l S M_m^T + G G^T of a pair of modes with
+    curvatures h_l, h_m (rows: a, v of mode l; columns: a, v of mode m); its diagonal h_l =
+    h_m is the section-6 stationary covariance per unit noise variance.
+
+    Arguments, in order: h_l, h_m, eta, beta.
+    Returns the tuple (s_aa, s_av, s_va, s_vv,).
+    Reference: docs/theory.md section 7 (real minibatch noise): S = M_l S M_m^T + G G^T.
+    Backend: torch; arguments must already be broadcastable arrays of one dtype (and
+    device).
+    """
+    _x0 = h_l + h_m
+    _x1 = 1 - beta
+    _x2 = beta*h_l - h_m
+    _x3 = eta*(-beta*h_m + h_l)
+    _x4 = torch.pow(_x0*torch.pow(_x1, 2)*(beta + 1) + _x2*_x3, -1)
+    _x5 = _x4*eta
+    return (_x5*(1 - torch.pow(beta, 2)), _x3*_x4, -_x2*_x5, _x0*_x1*_x4,)

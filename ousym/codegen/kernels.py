@@ -22,7 +22,7 @@ from ..symbols import S, a0, b0, beta, eta, h, k, lam, rho, sigma2, t_of_k
 from ..uniform import split_spectral_fraction, uniform_matrix_power, uniform_propagator
 from .spec import KernelSpec
 
-__all__ = ["ARGUMENT_SYMBOLS", "kernel_specs", "sde_specs", "discrete_specs"]
+__all__ = ["ARGUMENT_SYMBOLS", "kernel_specs", "sde_specs", "discrete_specs", "minibatch_specs"]
 
 #: The Python name of each argument of the public kernels and the symbol it stands for.
 ARGUMENT_SYMBOLS = {
@@ -115,6 +115,25 @@ def discrete_specs() -> list[KernelSpec]:
     ]
 
 
+def minibatch_specs() -> list[KernelSpec]:
+    """The cross-mode Stein solution S_lm of real minibatch noise (docs/theory.md section 7)."""
+    from ..minibatch import cross_mode_stein, h_l, h_m
+
+    return [
+        KernelSpec(
+            name="minibatch_cross_mode_stein",
+            arguments=(("h_l", h_l), ("h_m", h_m), ("eta", eta), ("beta", beta)),
+            outputs=[("s_aa", cross_mode_stein[0, 0]), ("s_av", cross_mode_stein[0, 1]),
+                     ("s_va", cross_mode_stein[1, 0]), ("s_vv", cross_mode_stein[1, 1])],
+            reference="docs/theory.md section 7 (real minibatch noise): S = M_l S M_m^T + G G^T",
+            description="Solution S_lm of the 2x2 Stein equation S = M_l S M_m^T + G G^T of a "
+                        "pair of modes with curvatures h_l, h_m (rows: a, v of mode l; columns: "
+                        "a, v of mode m); its diagonal h_l = h_m is the section-6 stationary "
+                        "covariance per unit noise variance.",
+        ),
+    ]
+
+
 def kernel_specs() -> list[KernelSpec]:
     """Every generated kernel, in the order of the generated modules."""
-    return sde_specs() + discrete_specs()
+    return sde_specs() + discrete_specs() + minibatch_specs()
