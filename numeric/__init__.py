@@ -61,6 +61,13 @@ from ._ou import sample_ou as sample_ou
 __all__ += ["OUDecomposition", "ou_decomposition", "ou_lag_covariance", "ou_modified_loss",
             "ou_stationary_covariance", "sample_ou"]
 
+# --- real minibatch noise on least squares: exact stationary second moments ----------------
+from ._minibatch import MinibatchMoments as MinibatchMoments
+from ._minibatch import minibatch_divergence_edge as minibatch_divergence_edge
+from ._minibatch import minibatch_moments as minibatch_moments
+
+__all__ += ["MinibatchMoments", "minibatch_moments", "minibatch_divergence_edge"]
+
 
 _LAZY = {name: module for module, names in _TORCH_MODULES.items() for name in names}
 
