@@ -32,12 +32,15 @@ def _is_tensor(value: Any) -> bool:
 @dataclass
 class Batch:
     """Validated arguments, all of one backend: ``numpy`` float64 arrays or torch tensors of
-    one floating dtype and device; ``shape`` is their broadcast shape."""
+    one floating dtype and device; ``shape`` is their broadcast shape. ``result_dtype``: the
+    torch dtype results are rounded to when the values were widened to float64 for the
+    computation (the kernels' precision rule), else None."""
 
     backend: str
     values: dict[str, Any]
     shape: tuple[int, ...]
     extrema: dict[str, tuple[float, float]] = field(default_factory=dict)
+    result_dtype: Any = None
 
     def __getitem__(self, name: str) -> Any:
         return self.values[name]

@@ -13,6 +13,15 @@ Conventions shared by every function
   device, and is differentiable in every tensor argument. CPU tensors that record no autograd
   graph are evaluated by the NumPy kernels, in float64, on the tensors' memory (faster there;
   see ``CPU_TENSORS_VIA_NUMPY``).
+* **Precision: always float64 inside.** Every kernel computes in float64, whatever the input
+  dtype (float16, bfloat16, float32 or float64), the device and the route (NumPy kernels,
+  torch operations, autograd or not), and rounds the result once to the input dtype. So the
+  same float32 input gives the float32 rounding of the float64 value with and without
+  ``requires_grad``, on the CPU and on CUDA (gradients flow through the casts). Reason: the
+  closed forms cancel by up to a factor :math:`2/(1-\beta)` near critical damping (4000 at
+  beta = 0.999) and take :math:`e^{-\gamma t}` of arguments up to about 700, which float32
+  cannot carry to its own precision. The one exception is a device without float64 (Apple
+  MPS), which computes in the input dtype.
 * **Broadcasting.** All array arguments broadcast against each other (batch dimensions lead).
 * **Units.** ``k`` is a number of SGD steps (a float is allowed for ``model="sde"``); the
   continuous time of the SDE is :math:`t = \eta k` inside.
@@ -74,7 +83,30 @@ def _prepare(arguments: dict[str, Any], *, model: str | None = None,
     _check_weights(batch)
     if model == "discrete" and "k" in arguments:
         _validate.check_whole_steps(batch)
-    return batch
+    return _widened(batch)
+
+
+def _widened(batch: Batch) -> Batch:
+    """The precision rule (module docstring): torch values below float64 become float64 on
+    their device (a differentiable cast), and the batch remembers the dtype to round the
+    results to (:func:`_narrowed`)."""
+    if batch.backend != "torch":
+        return batch
+    torch = importlib.import_module("torch")
+    first = next(iter(batch.values.values()))
+    if first.dtype == torch.float64 or first.device.type == "mps":  # MPS has no float64
+        return batch
+    values = {n: v.to(torch.float64) for n, v in batch.values.items()}
+    return Batch("torch", values, batch.shape, dict(batch.extrema), result_dtype=first.dtype)
+
+
+def _narrowed(result, batch: Batch):
+    """``result`` (a tensor or a tuple of them) rounded once to the inputs' dtype."""
+    if batch.result_dtype is None:
+        return result
+    if isinstance(result, tuple):
+        return tuple(r.to(batch.result_dtype) for r in result)
+    return result.to(batch.result_dtype)
 
 
 # Elements per call of a generated NumPy kernel: a kernel is a few dozen elementwise
@@ -177,7 +209,7 @@ def damping_ratio(rho, *, eta, beta, lam=0.0):
     batch = _prepare({"rho": rho, "eta": eta, "beta": beta, "lam": lam})
     with np.errstate(divide="ignore"):
         (zeta,) = _call(batch, "damping_ratio", ("rho", "eta", "beta", "lam"))
-    return zeta
+    return _narrowed(zeta, batch)
 
 
 def mean_trajectory(rho, k, a0, b0, *, eta, beta, lam=0.0, model="sde"):
@@ -206,8 +238,8 @@ def mean_trajectory(rho, k, a0, b0, *, eta, beta, lam=0.0, model="sde"):
     names = ("rho", "k", "a0", "b0", "eta", "beta", "lam")
     if model == "discrete":
         with np.errstate(over="ignore"):
-            return _call(batch, "discrete_mean_trajectory", names)
-    return _call(batch, "sde_mean_trajectory", names)
+            return _narrowed(_call(batch, "discrete_mean_trajectory", names), batch)
+    return _narrowed(_call(batch, "sde_mean_trajectory", names), batch)
 
 
 def velocity_correlation(rho, k, *, eta, beta, lam=0.0, model="sde"):
@@ -230,7 +262,7 @@ def velocity_correlation(rho, k, *, eta, beta, lam=0.0, model="sde"):
         _validate.check_stable(batch)
     (correlation,) = _call(batch, f"{model}_velocity_correlation",
                            ("rho", "k", "eta", "beta", "lam"))
-    return correlation
+    return _narrowed(correlation, batch)
 
 
 def _stationary(batch: Batch, model: str):
@@ -265,8 +297,8 @@ def stationary_variance(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weig
     batch = _prepare(_with_weights(arguments, weights), model=model)
     var_a, var_v = _stationary(batch, model)
     if weights is None:
-        return var_a, var_v
-    return _weighted(var_a, batch), _weighted(var_v, batch)
+        return _narrowed((var_a, var_v), batch)
+    return _narrowed((_weighted(var_a, batch), _weighted(var_v, batch)), batch)
 
 
 def _with_weights(arguments: dict[str, Any], weights) -> dict[str, Any]:
@@ -317,7 +349,9 @@ def instantaneous_speed(rho, *, eta, beta, lam=0.0, S, sigma2, model="sde", weig
         var_v = _weighted(var_v, batch)
     eta_b = batch["eta"]
     speed = eta_b * eta_b * var_v
-    return speed.sum(-1) if batch.backend == "torch" else _numpy_result(speed.sum(-1), batch.shape[:-1])
+    if batch.backend == "torch":
+        return _narrowed(speed.sum(-1), batch)
+    return _numpy_result(speed.sum(-1), batch.shape[:-1])
 
 
 def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde", weights=None):
@@ -357,8 +391,8 @@ def global_displacement(rho, k, *, eta, beta, lam=0.0, S, sigma2, model="sde", w
         _validate.check_stable(batch, spectrum_apart=True)
     routed = _numpy_route(batch)
     if routed is not None:
-        return _tensor_result(_global_displacement(routed, model), batch)
-    return _global_displacement(batch, model)
+        return _narrowed(_tensor_result(_global_displacement(routed, model), batch), batch)
+    return _narrowed(_global_displacement(batch, model), batch)
 
 
 def _global_displacement(batch: Batch, model: str):
