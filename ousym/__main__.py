@@ -117,7 +117,7 @@ def latex_document(derivations) -> str:
         title = derivation.name.replace("_", r"\_")
         lines += [
             rf"\subsection*{{\texttt{{{title}}} --- {_escape(derivation.reference)}}}",
-            _escape(derivation.description) + ".",
+            derivation.description_latex() + ".",
             r"\begin{equation*}",
             r"\begin{aligned}",
             derivation.latex(),
@@ -137,9 +137,9 @@ def _standalone_math(body: str) -> str:
 
 
 def _escape(text: str) -> str:
-    for char, replacement in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"), ("^", r"\^{}")):
-        text = text.replace(char, replacement)
-    return text
+    from ousym._derivation import latex_text
+
+    return latex_text(text)
 
 
 def _run_latex(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -152,7 +152,7 @@ def _run_latex(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         width = max(map(len, catalogue))
         reference_width = max(len(d.reference) for d in catalogue.values())
         for name, derivation in catalogue.items():
-            print(f"{name:<{width}}  {derivation.reference:<{reference_width}}  {derivation.description}")
+            print(f"{name:<{width}}  {derivation.reference:<{reference_width}}  {derivation.description_text()}")
         return 0
     if args.all:
         if args.document:
@@ -167,7 +167,7 @@ def _run_latex(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         return 2
     for name in args.names:
         derivation = catalogue[name]
-        print(f"% {name} -- {derivation.reference}: {derivation.description}")
+        print(f"% {name} -- {derivation.reference}: {derivation.description_text()}")
         print(_standalone_math(derivation.latex(full=args.full)))
         print()
     return 0
@@ -176,7 +176,7 @@ def _run_latex(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 def _print_theory(catalogue, *, full: bool = False) -> int:
     print("The limiting dynamics of SGD (Kunin et al. 2023): derived theory. Time t = eta k at step k.\n")
     for name, derivation in catalogue.items():
-        print(f"== {name}  [{derivation.reference}]  {derivation.description}")
+        print(f"== {name}  [{derivation.reference}]  {derivation.description_text()}")
         print(derivation.text(full=full))
         print()
     return 0

@@ -1,4 +1,12 @@
-"""The Derivation record: one derived object with its paper reference, printable as LaTeX."""
+"""The Derivation record: one derived object with its paper reference, printable as LaTeX.
+
+Descriptions are one line of text whose mathematics is LaTeX between dollar signs, e.g.
+``"stationary covariance of a mode's $(a, b) = (\\langle\\theta - \\mu, q\\rangle, \\langle v, q\\rangle)$"``.
+The text outside the dollar signs is plain (no LaTeX markup; any character may appear and is
+escaped for a LaTeX document); :meth:`Derivation.description_latex` gives the text-mode LaTeX
+of a document and :meth:`Derivation.description_text` a Unicode rendering for the terminal. A
+literal dollar sign is written ``\\$``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,9 @@ import sympy as sp
 from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
-__all__ = ["Derivation", "LATEX_SETTINGS"]
+from ._latex import paper_latex
+
+__all__ = ["Derivation", "LATEX_SETTINGS", "description_latex", "description_text", "latex_text"]
 
 #: Settings for :func:`sympy.latex` used by every derivation (readable, not minimal).
 LATEX_SETTINGS: dict = {"mat_delim": "(", "mat_str": "matrix", "long_frac_ratio": 3}
@@ -31,7 +41,9 @@ class Derivation:
         Where it is in Kunin et al. 2023 (``"eq. (13)"``, ``"appendix F.2"``), or the section
         of the project's theory document docs/theory.md for results beyond the paper.
     description : str
-        One line saying what it is, including its time unit (steps ``k`` or ``t = eta k``).
+        One line saying what it is, including its time unit (steps :math:`k` or
+        :math:`t = \\eta k`), with its mathematics as LaTeX between dollar signs (module
+        docstring).
     lhs : sympy object or None
         A named left-hand side; then :attr:`expression` is ``Eq(lhs, rhs)`` (unevaluated).
     display : sympy object or None
@@ -76,6 +88,14 @@ class Derivation:
                 relation = _text(symbol, definition)
                 parts.append(("where\n" if "\n" in relation else "where ") + relation)
         return "\n".join(parts)
+
+    def description_latex(self) -> str:
+        """The description as text-mode LaTeX (its math kept, its text escaped)."""
+        return description_latex(self.description)
+
+    def description_text(self) -> str:
+        """The description as Unicode text for the terminal."""
+        return description_text(self.description)
 
     def _repr_latex_(self) -> str:
         return "$\\displaystyle\n\\begin{aligned}\n" + self.latex() + "\n\\end{aligned}$"
@@ -147,8 +167,102 @@ def _text(lhs, rhs) -> str:
 
 
 def _latex_relation(lhs, rhs, *, aligned: bool = True) -> str:
-    right = sp.latex(rhs, **LATEX_SETTINGS)
+    right = paper_latex(rhs, **LATEX_SETTINGS)
     if lhs is None:
         return ("&" if aligned else "") + right
-    left = sp.latex(lhs, **LATEX_SETTINGS)
+    left = paper_latex(lhs, **LATEX_SETTINGS)
     return f"{left} {'&' if aligned else ''}= {right}"
+
+
+# --- descriptions: text with LaTeX math between dollar signs ----------------------------------
+
+_TEXT_ESCAPES = {
+    "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "^": r"\textasciicircum{}",
+    "~": r"\textasciitilde{}", "{": r"\{", "}": r"\}", "<": r"\textless{}", ">": r"\textgreater{}",
+    "$": r"\$", "|": r"\textbar{}",
+}
+
+_MATH_WORDS = {
+    "theta": "θ", "eta": "η", "beta": "β", "lambda": "λ", "mu": "μ", "rho": "ρ", "sigma": "σ",
+    "Sigma": "Σ", "gamma": "γ", "omega": "ω", "alpha": "α", "zeta": "ζ", "kappa": "κ", "tau": "τ",
+    "xi": "ξ", "delta": "δ", "Delta": "Δ", "epsilon": "ε", "varepsilon": "ε", "Psi": "Ψ",
+    "Phi": "Φ", "pi": "π", "langle": "⟨", "rangle": "⟩", "lVert": "‖", "rVert": "‖", "top": "ᵀ",
+    "cdot": "·", "propto": "∝", "nabla": "∇", "to": "→", "infty": "∞", "le": "≤", "leq": "≤",
+    "ge": "≥", "geq": "≥", "ne": "≠", "pm": "±", "mp": "∓", "approx": "≈", "ldots": "…",
+    "dots": "…", "in": "∈", "otimes": "⊗", "sum": "Σ", "partial": "∂", "quad": " ", "qquad": " ",
+}
+_MATH_OPERATORS = {"cdot", "propto", "to", "le", "leq", "ge", "geq", "ne", "pm", "mp", "approx", "in",
+                   "otimes", "quad", "qquad"}
+_MATH_DROPPED = ("left", "right", "mathbb", "mathrm", "operatorname", "text", "mathcal", "bigl",
+                 "bigr", "Bigl", "Bigr", "displaystyle", "tfrac", "dfrac")
+_SUPERSCRIPTS = {"T": "ᵀ", "-1": "⁻¹", "2": "²", "3": "³", "k": "ᵏ", "+": "⁺", "-": "⁻", "*": "*"}
+
+
+def _split_math(description: str) -> list[tuple[bool, str]]:
+    """``[(is_math, piece), ...]`` split at unescaped dollar signs; raises ``ValueError`` for an
+    unbalanced one."""
+    pieces, current, math = [], [], False
+    index = 0
+    while index < len(description):
+        char = description[index]
+        if char == "\\" and description[index + 1:index + 2] == "$":
+            current.append("$" if not math else r"\$")
+            index += 2
+            continue
+        if char == "$":
+            pieces.append((math, "".join(current)))
+            current, math = [], not math
+        else:
+            current.append(char)
+        index += 1
+    if math:
+        raise ValueError(f"description has an unbalanced $: {description!r}")
+    pieces.append((False, "".join(current)))
+    return [(is_math, piece) for is_math, piece in pieces if piece]
+
+
+def latex_text(text: str) -> str:
+    """Plain text escaped for LaTeX's text mode (every character prints as itself)."""
+    return "".join(_TEXT_ESCAPES.get(char, char) for char in text)
+
+
+def description_latex(description: str) -> str:
+    """Text-mode LaTeX of a description: math pieces as ``$...$``, text pieces escaped."""
+    return "".join("$" + piece + "$" if is_math else latex_text(piece)
+                   for is_math, piece in _split_math(description))
+
+
+def _plain_math(tex: str) -> str:
+    """A Unicode reading of a short piece of LaTeX math (for terminals; not a LaTeX parser)."""
+    def fraction(match):
+        parts = [part if re.fullmatch(r"[\\\w{}^]*", part) else f"({part})" for part in match.groups()]
+        return "/".join(parts)
+
+    tex = re.sub(r"\\[dt]?frac(\d)(\d)", r"\1/\2", tex)
+    for _ in range(3):  # nested fractions and roots, innermost first
+        tex = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", fraction, tex)
+        tex = re.sub(r"\\sqrt\{([^{}]*)\}", r"√(\1)", tex)
+    tex = re.sub(r"\^\{?\\top\}?", "ᵀ", tex)
+    tex = re.sub(r"\^\{?\\ast\}?", "*", tex)
+
+    def superscript(match):
+        power = match.group(1) or match.group(2)
+        return _SUPERSCRIPTS.get(power, "^" + (power if len(power) == 1 else f"({power})"))
+
+    def command(match):
+        word, space = match.group(1), match.group(2) or ""
+        if word in _MATH_DROPPED:
+            return ""
+        # a letter-like symbol joins what follows (eta k -> ηk); an operator keeps its space
+        return _MATH_WORDS.get(word, word) + (space if word in _MATH_OPERATORS else "")
+
+    tex = re.sub(r"\^\{([^{}]*)\}|\^(\w|[*+-])", superscript, tex)
+    tex = re.sub(r"\\([A-Za-z]+)( (?=[A-Za-z]))?", command, tex)
+    tex = tex.replace(r"\,", " ").replace(r"\;", " ").replace(r"\ ", " ").replace(r"\$", "$")
+    tex = re.sub(r"_\{([^{}]*)\}", lambda m: "_" + (m.group(1) if m.group(1).isalnum() else f"({m.group(1)})"), tex)
+    return tex.replace("{", "").replace("}", "").replace("\\", "")
+
+
+def description_text(description: str) -> str:
+    """A description for the terminal: its math read as Unicode."""
+    return "".join(_plain_math(piece) if is_math else piece for is_math, piece in _split_math(description))

@@ -1,0 +1,198 @@
+r"""LaTeX in the paper's notation: sums in the paper's order and signs, the identity as ``I``.
+
+SymPy stores a sum in a canonical order of its own and prints it that way: ``\beta + 1``,
+``\lambda + \rho``, ``\lambda I + H``; it distributes a transpose over a sum
+(``(-\mu^T + \theta^T)``) and prints a negated matrix term after a plus sign (``+ - \lambda\theta``).
+:class:`PaperLatexPrinter` prints every sum, scalar or matrix, by one rule instead:
+
+* terms that carry a minus sign come after the others and are printed with ``-``;
+* a term that is minus a matrix sum is opened into its terms (``v - (g + \lambda\theta)`` prints as
+  ``v - g - \lambda\theta``);
+* among terms of one sign, numbers come first, then terms by their leading symbol in the
+  paper's order of notation (:data:`SYMBOL_ORDER`: gradient, Hessian, position, velocity,
+  ..., eigenvalue, weight decay), then the others in SymPy's order; a matrix product is
+  placed by its first matrix, and factors that are themselves sums do not lead a term;
+* terms of a scalar sum that share an integer factor print as that factor times their sum
+  (``2 - 2\beta`` as ``2 (1 - \beta)``);
+* a matrix sum whose terms are all transposes prints as the transpose of the sum.
+
+So :math:`(\theta - \mu)^\top(H + \lambda I)(\theta - \mu)`, :math:`1 + \beta`, :math:`\rho + \lambda` and
+:math:`\beta v - g_B(\theta) - \lambda\theta` print as the paper writes them. This module only prints: it
+changes no expression.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import precedence_traditional
+
+__all__ = ["PaperLatexPrinter", "paper_latex", "SYMBOL_ORDER"]
+
+#: Symbol names in the order the paper's formulas list them; a term of a sum is placed by its
+#: first symbol in this list (names as in :mod:`ousym.symbols`).
+SYMBOL_ORDER: tuple[str, ...] = (
+    r"g_{B}(\theta)", r"g(\theta)", "A", "A_l", "H", r"\Sigma(\theta)", "Sigma", "M", "theta", "v", "G", "mu",
+    "a", "b", "rho", "lambda",
+)
+_RANK = {name: position for position, name in enumerate(SYMBOL_ORDER)}
+
+
+def _name(atom) -> str:
+    return atom.name if isinstance(atom, sp.Symbol) else str(atom.args[0])
+
+
+def _is_matrix(expr) -> bool:
+    return isinstance(expr, MatrixExpr) or getattr(expr, "is_Matrix", False)
+
+
+def _negative_coefficient(coefficient) -> bool:
+    """Whether a scalar coefficient carries a minus sign: its numeric factor is negative
+    (``-lambda``, ``-2 x``; not ``1 - beta``, whose sign is a matter of order)."""
+    return bool(coefficient.as_coeff_Mul()[0].is_negative)
+
+
+def _signed(term) -> tuple[bool, sp.Basic]:
+    """``(negative, magnitude)`` with ``term == -magnitude`` when ``negative``."""
+    if isinstance(term, sp.MatMul):
+        coefficient, matrices = term.as_coeff_matrices()
+        if _negative_coefficient(coefficient):
+            coefficient = -coefficient
+            if coefficient == 1:
+                magnitude = matrices[0] if len(matrices) == 1 else sp.MatMul(*matrices)
+            else:
+                magnitude = sp.MatMul(coefficient, *matrices)
+            return True, magnitude
+        return False, term
+    if not _is_matrix(term) and _negative_coefficient(term):
+        return True, -term
+    return False, term
+
+
+def _flat_terms(terms, negative: bool = False) -> list[tuple[bool, sp.Basic]]:
+    """The signed terms of a sum, with nested matrix sums (and minus a matrix sum) opened."""
+    flat = []
+    for term in terms:
+        sign, magnitude = _signed(term)
+        sign = sign != negative
+        if isinstance(magnitude, sp.MatAdd):
+            flat += _flat_terms(magnitude.args, sign)
+        else:
+            flat.append((sign, magnitude))
+    return flat
+
+
+def _all_transposes(terms) -> bool:
+    return len(terms) > 1 and all(isinstance(magnitude, sp.Transpose) for _, magnitude in terms)
+
+
+def _leading_rank(term) -> int:
+    """Where a term goes among terms of its sign: numbers first, then by leading symbol."""
+    if getattr(term, "is_number", False):
+        return -1
+    factors = list(term.args) if isinstance(term, (sp.Mul, sp.MatMul)) else [term]
+    leading = [f for f in factors if not isinstance(f, (sp.Add, sp.MatAdd))] or factors
+    matrices = [f for f in leading if _is_matrix(f)]
+    if matrices:  # a matrix product is placed by its first matrix (its scalars commute)
+        leading = matrices[:1]
+    ranks = [_RANK.get(_name(atom), len(_RANK))
+             for factor in leading for atom in factor.atoms(sp.Symbol, sp.MatrixSymbol)]
+    return min(ranks, default=len(_RANK))
+
+
+def _integer_factor(term) -> int:
+    """The integer factor :math:`|c| > 1` of a scalar term ``c x`` (or of a number), else 1."""
+    coefficient = term.as_coeff_Mul()[0]
+    if coefficient.is_Integer and abs(coefficient) > 1:
+        return int(abs(coefficient))
+    return 1
+
+
+class PaperLatexPrinter(LatexPrinter):
+    """SymPy's LaTeX printer with sums in the paper's order and signs (module docstring) and the
+    identity matrix printed ``I``."""
+
+    def _print_Identity(self, expr) -> str:
+        return "I"
+
+    def _print_Add(self, expr, order=None) -> str:
+        if _is_matrix(expr):
+            return self._print_signed_sum(_flat_terms(expr.args))
+        return self._print_signed_sum(_flat_terms(self._as_ordered_terms(expr, order=order)),
+                                      group_integer_factors=True)
+
+    _print_MatAdd = _print_Add
+
+    def _print_Mul(self, expr) -> str:
+        # a factor 2 - 2 beta prints as 2 (1 - beta) with the 2 among the numbers in front
+        pulled, factors = sp.Integer(1), []
+        for factor in expr.args:
+            base, exponent = (factor.base, factor.exp) if factor.is_Pow else (factor, sp.Integer(1))
+            if base.is_Add and exponent.is_Integer:
+                content, primitive = base.primitive()
+                if content.is_Integer and content > 1:
+                    pulled *= content**exponent
+                    factors.append(primitive**exponent)
+                    continue
+            factors.append(factor)
+        if pulled != 1:
+            expr = sp.Mul(pulled, *factors, evaluate=False)
+        return super()._print_Mul(expr)
+
+    def _print_MatMul(self, expr) -> str:
+        # a sum of transposes prints as (sum)^T, which needs no further parentheses
+        args = list(expr.args)
+        negative = _negative_coefficient(expr.as_coeff_matrices()[0])
+        if negative:
+            if args[0] == -1:
+                args = args[1:]
+            else:
+                args[0] = -args[0]
+
+        def factor(x) -> str:
+            if isinstance(x, sp.MatAdd) and _all_transposes(_flat_terms(x.args)):
+                return self._print(x)
+            if isinstance(x, sp.Mul) and not isinstance(x, sp.MatMul):
+                return self._print(x)
+            return self.parenthesize(x, precedence_traditional(expr), False)
+
+        return ("- " if negative else "") + " ".join(map(factor, args))
+
+    def _print_signed_sum(self, terms, *, group_integer_factors: bool = False) -> str:
+        """``terms``: (negative, magnitude) pairs, printed in the paper's order."""
+        if _all_transposes(terms):
+            inner = self._print_signed_sum([(sign, m.arg) for sign, m in terms])
+            return r"\left(%s\right)^{T}" % inner
+        # items: (negative, rank, position, tex)
+        items = []
+        grouped: dict[int, list[tuple[bool, sp.Basic]]] = {}
+        for position, (negative, magnitude) in enumerate(terms):
+            factor = _integer_factor(magnitude) if group_integer_factors else 1
+            if factor > 1 and sum(_integer_factor(m) == factor for _, m in terms) > 1:
+                grouped.setdefault(factor, []).append((negative, magnitude / factor))
+                continue
+            tex = self._print(magnitude)
+            if self._needs_add_brackets(magnitude) or isinstance(magnitude, sp.MatAdd):
+                tex = r"\left(%s\right)" % tex
+            items.append((negative, _leading_rank(magnitude), position, tex))
+        for factor, members in grouped.items():
+            # terms sharing an integer factor print as that factor times their sum: 2 (1 + beta)
+            group_negative = all(negative for negative, _ in members)
+            inner = sp.Add(*(-m if negative != group_negative else m for negative, m in members))
+            lead = min(_leading_rank(m) for _, m in members)
+            items.append((group_negative, lead, -1, r"%d \left(%s\right)" % (factor, self._print(inner))))
+        items.sort(key=lambda item: item[:3])
+        tex = ""
+        for position, (negative, _, _, term_tex) in enumerate(items):
+            if position == 0:
+                tex += "- " if negative else ""
+            else:
+                tex += " - " if negative else " + "
+            tex += term_tex
+        return tex
+
+
+def paper_latex(expr, **settings) -> str:
+    """LaTeX of ``expr`` by :class:`PaperLatexPrinter` (``settings`` as for :func:`sympy.latex`)."""
+    return PaperLatexPrinter(settings).doprint(expr)

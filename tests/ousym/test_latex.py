@@ -1,0 +1,118 @@
+"""LaTeX that a paper can use: expressions in the paper's order and signs, descriptions whose
+math is LaTeX, and a standalone document that pdflatex compiles without errors."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import sympy as sp
+
+import ousym
+from ousym._derivation import description_latex, description_text
+from ousym._latex import paper_latex
+from ousym.__main__ import latex_document
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return ousym.expressions()
+
+
+# --- the printer ----------------------------------------------------------------------------
+
+
+def test_paper_forms_of_the_catalogue(catalogue):
+    # the forms the paper prints (eq. 2, 44, F.2), which SymPy's own order scrambles
+    assert (r"\Phi(\theta) &= \left(\theta - \mu\right)^{T} \left(H + \lambda I\right) "
+            r"\left(\theta - \mu\right)") in catalogue["original_potential"].latex()
+    assert r"\beta v - g_{B}(\theta) - \lambda \theta" in catalogue["sgd_update"].latex()
+    assert r"\frac{1 - \beta}{\eta \left(1 + \beta\right)}" in catalogue["damping_rate"].latex()
+    assert r"h = \rho + \lambda" in catalogue["drift_matrix_mode"].latex()
+    assert r"\frac{2 \left(1 - \beta\right)}{\eta \left(1 + \beta\right)}" in catalogue["drift_matrix_mode"].latex()
+    assert r"2 \left(1 + \beta\right) - \eta h" in catalogue["discrete_variance_ratio"].latex()
+    assert r"A_{l} U_{l}^{-1} + U_{l}^{-1} A_{l}^{T}" in catalogue["lyapunov"].latex()
+    assert r"g(\theta) + \lambda \theta + \left(1 - \beta\right) v" in catalogue["drift"].latex()
+
+
+def test_no_derivation_prints_a_sign_after_a_plus_or_sympys_identity(catalogue):
+    for name, derivation in catalogue.items():
+        for text in (derivation.latex(), derivation.latex(full=True), derivation._repr_latex_()):
+            assert " + -" not in text, (name, text)
+            assert r"\mathbb{I}" not in text and r"- \left(- " not in text, (name, text)
+
+
+def test_jupyter_rendering_uses_the_same_printer(catalogue):
+    jupyter = catalogue["original_potential"]._repr_latex_()
+    assert jupyter.startswith("$\\displaystyle") and jupyter.endswith("$")
+    assert r"\left(\theta - \mu\right)^{T} \left(H + \lambda I\right)" in jupyter
+
+
+def test_printer_rules_on_fresh_expressions():
+    x, y, beta, lam, rho = sp.symbols("x y beta lambda rho")
+    n = sp.Symbol("n", integer=True, positive=True)
+    theta, mu, v = (sp.MatrixSymbol(name, n, 1) for name in ("theta", "mu", "v"))
+    H = sp.MatrixSymbol("H", n, n)
+    assert paper_latex(beta + 1) == r"1 + \beta"
+    assert paper_latex(lam + rho) == r"\rho + \lambda"
+    assert paper_latex(2 - 2 * beta) == r"2 \left(1 - \beta\right)"
+    assert paper_latex(x * (2 - 2 * beta)) == r"2 x \left(1 - \beta\right)"
+    assert paper_latex(-x - y) == "- x - y"
+    # minus a matrix sum opens into its terms; a sum of transposes prints transposed
+    assert paper_latex(v - (H * theta + lam * theta)) == r"v - H \theta - \lambda \theta"
+    assert paper_latex((theta - mu).T * H * (theta - mu)) == (
+        r"\left(\theta - \mu\right)^{T} H \left(\theta - \mu\right)")
+    assert paper_latex(lam * sp.Identity(n) + H) == r"H + \lambda I"
+
+
+def test_printing_changes_no_expression(catalogue):
+    # the printer orders and groups only: the expressions it prints are SymPy's, unchanged
+    before = {name: sp.srepr(d.rhs) for name, d in catalogue.items()}
+    for derivation in catalogue.values():
+        derivation.latex(full=True)
+    assert before == {name: sp.srepr(d.rhs) for name, d in catalogue.items()}
+
+
+# --- descriptions -----------------------------------------------------------------------------
+
+
+def test_descriptions_carry_their_math_as_latex(catalogue):
+    for name, derivation in catalogue.items():
+        latex = derivation.description_latex()  # raises on an unbalanced $
+        text_parts = re.sub(r"\$[^$]*\$", "", latex)
+        # outside math, <, >, ^ and _ appear only escaped (they print as other glyphs in text mode)
+        assert not re.search(r"(?<!\\)[<>^_]", text_parts.replace(r"\textless{}", "")
+                             .replace(r"\textgreater{}", "").replace(r"\textasciicircum{}", "")), (name, latex)
+        plain = derivation.description_text()
+        assert "$" not in plain and "\\" not in plain, (name, plain)
+    assert "$t = \\eta k$" in catalogue["time_units"].description
+
+
+def test_description_helpers():
+    assert description_latex(r"a_b <x> 5% & $\theta_k^2$ ^") == (
+        r"a\_b \textless{}x\textgreater{} 5\% \& $\theta_k^2$ \textasciicircum{}")
+    assert description_text(r"$(\theta - \mu)^T H^{-1}$, $\frac{1}{2}\lVert v\rVert^2$, $\eta k$") == (
+        "(θ - μ)ᵀ H⁻¹, 1/2‖v‖², ηk")
+    with pytest.raises(ValueError, match="unbalanced"):
+        description_latex("a $b")
+
+
+# --- the document -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_document_compiles_with_pdflatex_without_errors(tmp_path, catalogue):
+    source = tmp_path / "theory.tex"
+    source.write_text(latex_document(catalogue.values()), encoding="utf-8")
+    completed = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "-no-shell-escape", source.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    log = (tmp_path / "theory.log").read_text(encoding="utf-8", errors="replace")
+    errors = [line for line in log.splitlines() if line.startswith("!")]
+    assert completed.returncode == 0 and not errors, errors or completed.stdout[-3000:]
+    assert "Undefined control sequence" not in log
+    assert "Missing character" not in log  # a glyph the fonts lack (text-mode < > in OT1)
+    assert (tmp_path / "theory.pdf").stat().st_size > 10_000
