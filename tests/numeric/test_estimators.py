@@ -10,6 +10,7 @@ import pytest
 import scipy.signal
 from scipy.stats import binom
 
+from float_bounds import EPS, ULPS_PER_LIBM_CALL, gamma
 from numeric import (autocorrelation, dominant_frequency, exponent_vs_window, fit_power_law,
                      ou_lag_covariance, ou_stationary_covariance, oscillation_frequency,
                      sample_ou)
@@ -33,14 +34,48 @@ def noisy_power_laws(rng, seeds, num_steps, exponent, phi, scale):
     return k, 2.0 * k**exponent * np.exp(scale * noise)
 
 
+def ols_slope_rounding(k, slope, window=2 / 3):
+    """First-order bound on the rounding error of the least-squares slope of log v on log k
+    over the last ``window`` of k, for v = C k^slope computed in a few rounded operations.
+
+    The slope is sum_i w_i y_i with w_i = xc_i / sum xc^2 (xc = x - mean x). Each y_i = log v_i
+    is off by at most dy (libm's log, a few ulps of |y|; v's own pow and product, a few eps
+    absolute in log; the mean and centring, 2 gamma(n+1) max|y|), each x_i by dx likewise, and
+    the two sums of products by gamma(n+1) of their absolute values.
+    """
+    low = k[-1] - window * (k[-1] - k[0])
+    x = np.log(k[k >= low])
+    n = x.size
+    y = slope * x + 10.0  # |log v| <= |slope x| + |log C| with |log C| <= 10 here
+    libm = ULPS_PER_LIBM_CALL * EPS
+    dx = libm * np.abs(x).max() + 2 * gamma(n + 1) * np.abs(x).max()
+    dy = libm * np.abs(y).max() + 8 * EPS + 2 * gamma(n + 1) * np.abs(y).max()
+    xc = x - x.mean()
+    yc = y - y.mean()
+    total = xc @ xc
+    spread = np.abs(xc).sum()
+    return (dy * spread + abs(slope) * dx * 2 * spread
+            + 2 * gamma(n + 1) * (np.abs(yc) @ np.abs(xc) + abs(slope) * total)) / total
+
+
 def test_power_law_exact_curve():
     k = np.arange(1, 1001, dtype=float)
     fit = fit_power_law(k, 3.5 * k**1.37, rng=0)
-    assert fit.exponent == pytest.approx(1.37, rel=1e-12)
-    assert fit.prefactor == pytest.approx(3.5, rel=1e-10)
+    bound = ols_slope_rounding(k, 1.37)
+    assert bound < 1e-10  # a sharp check
+    assert fit.exponent == pytest.approx(1.37, abs=bound)
+    # the intercept mean(y) - slope mean(x) carries the slope's error times |mean x| <= 7
+    assert fit.prefactor == pytest.approx(3.5, rel=1e-10 + 8 * bound)
     assert fit.window == pytest.approx(2 / 3)
-    # no residuals, so the bootstrap has nothing to resample
-    assert fit.ci_high - fit.ci_low < 1e-12
+    # no residuals but rounding (each |r_i| <= dy + |slope| dx + the slope's error times |x|),
+    # so the bootstrap resamples almost nothing: re-coloured with |phi| <= 0.995, a resampled
+    # residual is at most 2 / (1 - 0.995) = 400 times the largest one, and each bootstrap slope
+    # moves by at most sum |w_i| times that, plus its own rounding
+    x = np.log(k[k >= k[-1] - 2 / 3 * (k[-1] - k[0])])
+    xc = x - x.mean()
+    weights = np.abs(xc).sum() / (xc @ xc)
+    residual = 8 * bound * np.abs(x).max()
+    assert fit.ci_high - fit.ci_low <= 2 * (weights * 400 * residual + bound)
 
 
 def test_power_law_window_is_last_fraction():
@@ -48,14 +83,19 @@ def test_power_law_window_is_last_fraction():
     # default window (last 2/3) sees only the c = 2 part.
     k = np.arange(1, 3001, dtype=float)
     v = np.where(k <= 1000, k, k**2 / 1000)
-    assert fit_power_law(k, v, num_bootstrap=50, rng=0).exponent == pytest.approx(2.0, rel=1e-12)
+    # v = k^2 / 1000 in two rounded operations: the bound of ols_slope_rounding applies
+    bound = ols_slope_rounding(k, 2.0)
+    assert fit_power_law(k, v, num_bootstrap=50, rng=0).exponent == pytest.approx(2.0, abs=bound)
     windows = np.array([0.2, 0.5, 2 / 3, 1.0])
     curve = exponent_vs_window(k, v, windows)
-    assert curve[:3] == pytest.approx([2.0, 2.0, 2.0], rel=1e-12)
+    for w, c in zip(windows[:3], curve[:3]):
+        assert c == pytest.approx(2.0, abs=ols_slope_rounding(k, 2.0, window=w))
     assert 1.0 < curve[3] < 2.0
     for w, c in zip(windows, curve):
+        # the same least-squares slope, batched or not: the two evaluations may sum in other
+        # orders, each within ols_slope_rounding's bound (slope <= 2 on these windows)
         fit = fit_power_law(k, v, window=w, num_bootstrap=50, rng=0)
-        assert c == pytest.approx(fit.exponent, rel=1e-14)
+        assert c == pytest.approx(fit.exponent, abs=2 * ols_slope_rounding(k, 2.0, window=w))
 
 
 def coverage(rng, seeds, num_steps, phi, scale, num_bootstrap, exponent=1.3):
@@ -112,9 +152,19 @@ def test_dominant_frequency_of_underdamped_ou_mode(rng):
     eta, beta, h = 0.1, 0.999, 0.5
     A, D = sgd_mode(eta, beta, h, sigma2_rho=1.0)
     expected = oscillation_frequency(h, eta=eta, beta=beta)
-    # the damped frequency is the imaginary part of A's eigenvalues (an independent route)
+    # the damped frequency is the imaginary part of A's eigenvalues (an independent route).
+    # A backward-stable eigensolver returns eigenvalues of A + E, ||E||_2 <= p eps ||A||_F
+    # (p = 16 for 2 x 2), so they move by at most kappa p eps ||A||_F, kappa = |x||y|/|y^H x|
+    # the eigenvalue's condition number (left and right eigenvectors y, x); the closed form
+    # sqrt(omega^2 - gamma^2) eta / (2 pi) takes a few correctly rounded operations
+    import scipy.linalg
+
+    values, left, right = scipy.linalg.eig(A, left=True, right=True)
+    condition = max(np.linalg.norm(left[:, i]) * np.linalg.norm(right[:, i])
+                    / abs(np.vdot(left[:, i], right[:, i])) for i in range(2))
+    eigensolver = condition * 16 * EPS * np.linalg.norm(A) * eta / (2 * np.pi)
     assert expected == pytest.approx(eta * np.abs(np.linalg.eigvals(A).imag).max() / (2 * np.pi),
-                                     rel=1e-12)
+                                     rel=gamma(16), abs=eigensolver)
     n = 4096
     # Damping time 1/(gamma eta) = 2000 steps, so the line is narrower than a bin and the
     # position-spectrum peak sqrt(omega^2 - 2 gamma^2) differs from the damped frequency by
@@ -154,9 +204,19 @@ def test_autocorrelation_matches_ou_lag_covariance_seeds(rng):
     assert acf[0] == 1.0 and stderr[0] == 0.0
     # 4 standard errors on 40 lags: family-wise false alarm below 0.3%
     np.testing.assert_array_less(np.abs(acf - exact)[1:], 4 * stderr[1:])
-    # the same data with time along axis 1
+    # the same data with time along axis 1: the same FFT correlation of a differently strided
+    # array, which may sum in another order. An FFT convolution of length N is accurate to
+    # c log2(N) eps ||x||^2 in every entry (c = 8 is generous); the mean and centring move each
+    # sum by at most 2 gamma(n) max|x| sum|x - mean|; dividing by (n - k) var scales both.
     acf_t, stderr_t = autocorrelation(velocity.T, max_lag, axis=1)
-    np.testing.assert_allclose(acf_t, acf, rtol=1e-12)
+    size = 1 << int(math.ceil(math.log2(2 * n)))
+    centred = velocity - velocity.mean(axis=0)
+    energy = (centred**2).sum(axis=0)
+    mean_shift = 2 * gamma(n) * np.abs(velocity).max(axis=0) * np.abs(centred).sum(axis=0)
+    per_sum = (8 * math.log2(size) * EPS * energy + 2 * mean_shift) / energy  # of n var
+    lags = np.arange(max_lag + 1)
+    bound = 2 * per_sum.max() * n / (n - lags) + gamma(8)
+    assert np.all(np.abs(acf_t - acf) <= bound)
 
 
 def test_autocorrelation_bartlett_single_series(rng):
@@ -172,7 +232,8 @@ def test_autocorrelation_bartlett_single_series(rng):
     # Bartlett: se_k^2 = (1 + 2 sum_{j<k} r_j^2) / n, computed here by a loop
     for lag in (1, 5, 30):
         expected = math.sqrt((1 + 2 * sum(acf[j] ** 2 for j in range(1, lag))) / n)
-        assert stderr[lag] == pytest.approx(expected, rel=1e-12)
+        # two sums of at most 30 positive terms and a square root, on either side
+        assert stderr[lag] == pytest.approx(expected, rel=2 * gamma(34))
 
 
 def test_autocorrelation_validation():
