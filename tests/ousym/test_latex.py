@@ -84,7 +84,9 @@ def test_descriptions_carry_their_math_as_latex(catalogue):
         text_parts = re.sub(r"\$[^$]*\$", "", latex)
         # outside math, <, >, ^ and _ appear only escaped (they print as other glyphs in text mode)
         assert not re.search(r"(?<!\\)[<>^_]", text_parts.replace(r"\textless{}", "")
-                             .replace(r"\textgreater{}", "").replace(r"\textasciicircum{}", "")), (name, latex)
+                             .replace(r"\textgreater{}", "").replace(r"\textasciicircum{}", "")), (
+            f"{name}: write the math of a description as LaTeX between dollar signs, e.g. "
+            f"'$S_{{lm}}$' rather than 'S_lm' (ousym/_derivation.py); got {derivation.description!r}")
         plain = derivation.description_text()
         assert "$" not in plain and "\\" not in plain, (name, plain)
     assert "$t = \\eta k$" in catalogue["time_units"].description
