@@ -1,12 +1,13 @@
 """Backend dispatch of the public kernels: NumPy and Torch agree, dtype and device are kept.
 
 NumPy (float64) and Torch (float64, CPU; CUDA under the `gpu` marker) evaluate the same
-generated expressions, so they differ only by the last-bit differences of their elementary
-functions: they must agree to 1e-12 relative to max(|value|, scale), the scale of the
-accuracy contract (test_kernels_accuracy), over the default accuracy grid, plus
-8 eps (gamma + alpha) t: an ulp of difference in a rate or an angle (atan2, sqrt, log in the
-two libraries) is amplified by the decay and phase it multiplies, k phi ~ 1e5 at k = 1e5
-(2 backends x ~2 ulp x 2 for the decay and the phase).
+generated expressions with different elementary-function libraries (and, on CUDA, other
+summation orders and fused multiply-adds). The bound that holds for any such pair is the
+accuracy contract each meets against a 50-digit reference (test_kernels_accuracy):
+max(|exact|, scale) (1e-10 + 64 eps (1 + gamma t + alpha t)); two backends within it agree
+within twice it. A tighter figure ("last-bit differences") does not follow: a few ulps of
+difference in one libm call are amplified by the closed forms' cancellation, up to
+2/(1 - beta) = 2000 at beta = 0.999, and by the decay and phase (gamma + alpha) t.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import numeric  # noqa: E402
 
 
 import kernel_reference as ref  # noqa: E402  (tests/numeric is on pytest's pythonpath)
+from float_bounds import EPS  # noqa: E402
 
 MODELS = ("sde", "discrete")
 S_BATCH, SIGMA2 = 32.0, 0.7
-AGREEMENT = 1e-12
+AGREEMENT = 2 * 1e-10  # twice the contract's relative term (module docstring)
 
 
 def _grid(model):
@@ -58,7 +60,7 @@ def _assert_agree(label, from_numpy, from_torch, scale, grid, cond=0.0):
     other = from_torch.detach().cpu().numpy()
     assert other.shape == from_numpy.shape, (label, other.shape, from_numpy.shape)
     eps = np.finfo(np.float64).eps
-    bound = np.maximum(np.abs(from_numpy), scale) * (AGREEMENT + 8 * eps * cond)
+    bound = np.maximum(np.abs(from_numpy), scale) * (AGREEMENT + 2 * 64 * eps * (1 + cond))
     bad = np.flatnonzero(~(np.abs(other - from_numpy) <= bound))
     if bad.size:
         i = bad[0]
@@ -147,7 +149,9 @@ def test_numpy_and_python_floats_give_numpy_float64():
     c32 = numeric.velocity_correlation(np.float32(0.5), np.array([3.0, 4.0], np.float32),
                                        eta=0.1, beta=0.9)
     assert isinstance(c32, np.ndarray) and c32.dtype == np.float64 and c32.shape == (2,)
-    # float64 is computed even from float32 numpy input: equal to the float64 call
+    # float64 is computed even from float32 numpy input: equal to the float64 call (the
+    # float32 values 0.5, 3, 4 are exact in float64, so this is the same code on the same
+    # numbers: bitwise equality is legitimate)
     expected = numeric.velocity_correlation(0.5, np.array([3.0, 4.0]), eta=0.1, beta=0.9)
     np.testing.assert_array_equal(c32, expected)
 
@@ -165,15 +169,17 @@ def test_torch_keeps_dtype_and_broadcasts_with_python_floats(dtype):
     at_zero = 1e-10 if dtype == torch.float64 else 1e-4
     for value, expected in ((c[:, 0], 1.0), (a[:, 0], 1.0), (b[:, 0], 0.0)):
         assert torch.all(torch.abs(value - expected) <= at_zero), value
-    # the torch result agrees with numpy's float64 one: to 1e-12 in float64; in float32 to
-    # the float32 contract, 1e-4 + 64 eps32 (1 + (gamma + alpha) t), |C| <= 1 here
+    # the torch result agrees with numpy's float64 one: within twice the float64 contract
+    # (module docstring); in float32 the float64 value rounded once (the precision rule),
+    # within the float32 contract 1e-4 + 64 eps32 (1 + (gamma + alpha) t), |C| <= 1 here
     c_np = numeric.velocity_correlation(rho.double().numpy(), k.double().numpy(), eta=0.05,
                                         beta=0.9)
     gamma = (1 - 0.9) / (0.05 * 1.9)
     omega2 = 2 * rho.double().numpy() / (0.05 * 1.9)
     cond = (gamma + np.sqrt(np.abs(gamma ** 2 - omega2))) * 0.05 * k.double().numpy()
     eps = float(torch.finfo(dtype).eps)
-    tol = 1e-12 if dtype == torch.float64 else 1e-4 + 64 * eps * (1 + cond)
+    tol = (AGREEMENT + 2 * 64 * eps * (1 + cond) if dtype == torch.float64
+           else 1e-4 + 64 * eps * (1 + cond))
     assert np.all(np.abs(c.double().numpy() - c_np) <= tol)
 
 
@@ -195,4 +201,8 @@ def test_global_displacement_shape_follows_k_and_hyperparameters():
     for row in range(2):
         single = numeric.global_displacement(spectrum, k, eta=float(etas[row, 0]), beta=0.9,
                                              S=8.0, sigma2=0.5)
-        np.testing.assert_allclose(out[row], single, rtol=1e-14, atol=0)
+        # the same NumPy kernels on the same float64 numbers, broadcast or not; but an
+        # element's position can decide whether a vectorised libm call takes its SIMD or its
+        # scalar path, and the modes are chunked differently: both results are within the
+        # contract (gamma t + alpha t <= 10 here), so within twice it of each other
+        np.testing.assert_allclose(out[row], single, rtol=AGREEMENT + 2 * 64 * EPS * 11, atol=0)
