@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="a hyperparameter sweep as independent tasks (Fig. 6); "
                                          "options after the sweep's go to the experiment")
     add_sweep_arguments(sweep)
+    from .resnet18 import add_arguments as add_resnet18_arguments
+
+    resnet = sub.add_parser("resnet18", help="ResNet-18 limiting dynamics: pretrain, resume "
+                                             "with the recorder, Figs. 1, 3, 4, 5, 7")
+    add_resnet18_arguments(resnet)
     return parser
 
 
@@ -109,6 +114,12 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError, FloatingPointError, SweepMismatchError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.command == "resnet18":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        from .resnet18 import cli_main
+
+        return cli_main(args)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "demo":
