@@ -238,7 +238,11 @@ def test_numpy_and_torch_agree(model, recording):
                                     **{n: torch.from_numpy(v) for n, v in
                                        (("eta", eta), ("beta", beta), ("lam", lam))})
     assert got.dtype == torch.float64 and got.shape == expected.shape
-    np.testing.assert_allclose(got.detach().numpy(), expected, rtol=1e-12, atol=0)
+    # both backends are within the lag sum's accuracy (tolerance(), relative to W) of the
+    # exact value, so within twice it of each other; with a graph recorded, torch also takes
+    # other (series) branches near the switches, so no tighter figure follows
+    bound = 2 * np.vectorize(tolerance)(ks, eta, beta, rho, lam) * np.abs(expected)
+    assert np.all(np.abs(got.detach().numpy() - expected) <= bound)
 
 
 @pytest.mark.parametrize("model", ["sde", "discrete"])
