@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from float_bounds import EPS, gamma
 from numeric import TrajectoryRecorder, load_trajectory
 
 
@@ -92,16 +93,20 @@ def test_recorder_matches_hand_written_loop():
     record = recorder.trajectory()
     np.testing.assert_array_equal(record["step"], expected["step"])
     # float64 rounding: PyTorch and eq. 2 order the same operations differently, so the
-    # iterates agree to a few ulps that grow slowly over 25 steps
+    # iterates differ by a few ulps of |theta| per step, carried along by the training map
+    # over 25 steps. No a-priori bound below 1e-10 follows for a nonlinear net (the map's
+    # Lipschitz constant compounds), so the tolerance is 1e-10 of each record's scale:
+    # still 1e5 times the differences seen (~1e-15), and a convention error is O(1)
     for key in expected:
         if key != "step":
             np.testing.assert_allclose(record[key], expected[key], rtol=1e-10,
-                                       atol=1e-12 * np.abs(expected[key]).max(), err_msg=key)
+                                       atol=1e-10 * np.abs(expected[key]).max(), err_msg=key)
     # the convention itself: theta_k - theta_{k-1} = eta v_k with v = -buf, so successive
     # position projections differ by eta times the velocity projection
+    # (a difference of projections: its rounding is relative to the projections themselves)
     np.testing.assert_allclose(np.diff(record["theta_projection"], axis=0),
                                eta * record["velocity_projection"][1:], rtol=1e-8,
-                               atol=1e-12 * np.abs(record["theta_projection"]).max())
+                               atol=1e-10 * np.abs(record["theta_projection"]).max())
 
 
 def test_recorder_groups_every_and_zero_momentum():
@@ -129,9 +134,10 @@ def test_recorder_groups_every_and_zero_momentum():
     for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
                 "velocity_projection"):
         # the momentum-free group's velocity is delta/eta: rounding of a difference of
-        # iterates relative to the step, about 1e-16 * |theta| / |delta|
+        # iterates relative to the step, about 1e-16 * |theta| / |delta|; otherwise as in
+        # the first test (1e-10 of the scale: no a-priori bound below it for a trained net)
         np.testing.assert_allclose(record[key], expected[key][chosen], rtol=1e-9,
-                                   atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
+                                   atol=1e-10 * np.abs(expected[key]).max(), err_msg=key)
 
 
 def test_recorder_every_other_step_with_momentum_everywhere():
@@ -152,7 +158,7 @@ def test_recorder_every_other_step_with_momentum_everywhere():
                 "velocity_projection"):
         # float64: as in the first test, a few ulps that grow slowly with the steps
         np.testing.assert_allclose(record[key], expected[key][chosen], rtol=1e-10,
-                                   atol=1e-12 * np.abs(expected[key]).max(), err_msg=key)
+                                   atol=1e-10 * np.abs(expected[key]).max(), err_msg=key)
 
 
 def test_recorder_one_rate_with_a_momentum_free_group_every_step():
@@ -176,7 +182,7 @@ def test_recorder_one_rate_with_a_momentum_free_group_every_step():
                 "velocity_projection"):
         # as above: the momentum-free group's delta/eta carries ~1e-16 |theta| / |delta|
         np.testing.assert_allclose(record[key], expected[key], rtol=1e-9,
-                                   atol=1e-11 * np.abs(expected[key]).max(), err_msg=key)
+                                   atol=1e-10 * np.abs(expected[key]).max(), err_msg=key)
 
 
 def test_recorder_follows_a_learning_rate_schedule():
@@ -203,11 +209,20 @@ def test_recorder_follows_a_learning_rate_schedule():
     theta_projection = ((thetas - start) @ directions.T).numpy()
     velocity_projection = (-buffers @ directions.T).numpy()
     # float64 iterates: the accumulated and the direct projections differ by the rounding of
-    # the parameter updates, a few ulps of |theta| per step
-    scale = np.abs(theta_projection).max()
-    np.testing.assert_allclose(record["theta_projection"], theta_projection, rtol=1e-10,
-                               atol=1e-12 * scale)
-    np.testing.assert_allclose(record["velocity_projection"], velocity_projection, rtol=1e-12)
+    # the parameter updates (theta + eta v rounds to half an ulp of |theta|, each step) and of
+    # the products (gamma(P) |x| |directions| for inner dimension P); over 17 steps, with a
+    # factor 4 of margin for the accumulation's own additions
+    P = directions.shape[1]
+    dirs = np.abs(directions.numpy()).T
+    step_envelope = np.abs(np.diff(np.vstack([start.numpy(), thetas.numpy()]), axis=0)) @ dirs
+    theta_envelope = np.abs(thetas.numpy()) @ dirs
+    bound = 17 * 4 * ((gamma(P) + 4 * EPS) * step_envelope.max() + EPS * theta_envelope.max()
+                      ) + gamma(P) * (np.abs((thetas - start).numpy()) @ dirs)
+    assert np.all(np.abs(record["theta_projection"] - theta_projection) <= bound)
+    # the same buffers projected on the same directions: two products of inner dimension P
+    envelope = np.abs(buffers.numpy()) @ np.abs(directions.numpy()).T
+    assert np.all(np.abs(record["velocity_projection"] - velocity_projection)
+                  <= 2 * gamma(P) * envelope)
     steps = np.diff(np.vstack([start.numpy(), thetas.numpy()]), axis=0)
     np.testing.assert_allclose(record["local_displacement_sq"], (steps ** 2).sum(axis=1),
                                rtol=1e-10)
@@ -312,9 +327,11 @@ def test_recorder_on_cuda_matches_cpu():
             run_steps(model, optimizer, recorder, batches, 1, 10)
         records.append(recorder.trajectory())
     for key in records[0]:
-        # float64 on both devices; reductions are ordered differently on the GPU
-        np.testing.assert_allclose(records[1][key], records[0][key], rtol=1e-9, atol=1e-12,
-                                   err_msg=key)
+        # float64 on both devices; reductions are ordered differently on the GPU, and those
+        # differences are carried along by training as in the CPU tests: 1e-9 relative to the
+        # record's scale
+        np.testing.assert_allclose(records[1][key], records[0][key], rtol=1e-9,
+                                   atol=1e-9 * np.abs(records[0][key]).max(), err_msg=key)
 
 
 def test_blocked_projection_equals_one_product():
