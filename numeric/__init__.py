@@ -28,6 +28,11 @@ _TORCH_MODULES = {
                   "hessian_vector_product", "hutchinson_trace", "linear_regression_eigenpairs",
                   "linear_regression_hessian", "power_iteration_eigenpairs"],
     "._recorder": ["TrajectoryRecorder", "load_trajectory"],
+    # partial spectra and the predictions from them (torch only inside the builders)
+    "._spectrum": ["Spectrum", "LanczosQuadrature", "IsotropicNoise", "PerModeNoise",
+                   "Prediction", "stochastic_lanczos_quadrature", "spectrum_from_model",
+                   "spectrum_from_least_squares", "predicted_speed",
+                   "predicted_global_displacement", "predicted_exponent"],
 }
 __all__ += [name for names in _TORCH_MODULES.values() for name in names]
 
