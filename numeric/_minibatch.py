@@ -40,7 +40,10 @@ does not depend on ``Y``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +93,17 @@ class _Data:
     rbar: object  # (N, c) residuals at mu, on the inputs' backend
     gbar_t: np.ndarray  # (c, d): -lam mu in the eigenbasis
 
+    @functools.cached_property
+    def fourth_moments(self) -> np.ndarray:
+        r""":math:`K_{lm} = \frac1N\sum_i\tilde x_{il}^2\tilde x_{im}^2` (d x d), computed once."""
+        x2 = _square(self.xt)
+        return _host(x2.T @ x2) / self.num_samples
+
+    @functools.cached_property
+    def residual_moments(self) -> np.ndarray:
+        r""":math:`\frac1N\sum_i\bar r_{ij}^2\tilde x_{il}^2` (c x d), computed once."""
+        return _host(_square(self.rbar).T @ _square(self.xt)) / self.num_samples
+
 
 def _check_matrix(value, name, ndim):
     shape = tuple(getattr(value, "shape", np.shape(value)))
@@ -124,6 +138,29 @@ def _prepare_inputs(X, Y):
             np.isfinite(_host(Y).sum()))):
         raise ValueError("X and Y must be finite, but got NaN or Inf entries")
     return X, Y
+
+
+_DATA_CACHE: OrderedDict = OrderedDict()
+
+
+def _cached_data(X, Y, lam) -> _Data:
+    """:func:`_data`, remembered for the last two NumPy problems (keyed by a hash of their
+    bytes), so that a sweep over eta or the edge search pays the O(N d^2) reductions once."""
+    if _is_torch(X):
+        return _data(X, Y, lam)
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (X, Y):
+        if array is not None:
+            digest.update(repr(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    key = (digest.hexdigest(), Y is None, float(lam))
+    if key in _DATA_CACHE:
+        _DATA_CACHE.move_to_end(key)
+        return _DATA_CACHE[key]
+    data = _DATA_CACHE[key] = _data(X, Y, lam)
+    while len(_DATA_CACHE) > 2:
+        _DATA_CACHE.popitem(last=False)
+    return data
 
 
 def _data(X, Y, lam) -> _Data:
@@ -263,15 +300,12 @@ class _MomentMap:
     # mode-diagonal closure ----------------------------------------------------------------
     def closure_matrices(self):
         r"""``A = c_S (K - diag rho^2)`` (d x d) and ``b`` (c, d) of the closure."""
-        x2 = _square(self.data.xt)
-        n = self.data.num_samples
-        K = _host(x2.T @ x2) / n
-        A = self.c_S * (K - np.diag(self.data.rho ** 2))
+        A = self.c_S * (self.data.fourth_moments - np.diag(self.data.rho ** 2))
         A[~self.active] = 0.0
         A[:, ~self.active] = 0.0
         if self.data.rbar is None:
             return A, None
-        b = _host(_square(self.data.rbar).T @ x2) / n - self.data.gbar_t ** 2
+        b = self.data.residual_moments - self.data.gbar_t ** 2
         return A, np.where(self.active, self.c_S * b, 0.0)
 
 
@@ -279,10 +313,20 @@ def _closure_radius(unit_var_a, A):
     r"""Spectral radius of ``diag(T_a) A``: with ``T_a >= 0`` and ``A >= 0`` entrywise it is
     the largest eigenvalue of the symmetric ``T_a^{1/2} A T_a^{1/2}`` (Perron)."""
     from scipy.linalg import eigh
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
     root = np.sqrt(unit_var_a)
     sym = root[:, None] * (0.5 * (A + A.T)) * root[None, :]
     d = sym.shape[0]
+    if d > 64:
+        # Lanczos from the positive vector (the Perron vector is positive): a few dozen
+        # products instead of a full O(d^3) eigensolve, the cost of the edge search
+        try:
+            top = eigsh(sym, k=1, which="LA", v0=np.ones(d), tol=1e-12,
+                        return_eigenvectors=False)
+            return float(abs(top[0]))
+        except ArpackNoConvergence:
+            pass
     return float(abs(eigh(sym, eigvals_only=True, subset_by_index=[d - 1, d - 1])[0]))
 
 
@@ -442,7 +486,7 @@ def minibatch_moments(X, Y, *, eta, beta, lam=0.0, batch_size, replacement=False
     X, Y = _prepare_inputs(X, Y)
     n = X.shape[0]
     _check_hyper(eta, beta, lam, batch_size, n, replacement, closure)
-    data = _data(X, Y, float(lam))
+    data = _cached_data(X, Y, float(lam))
     c_S = _batch_factor(batch_size, n, replacement)
     mmap = _MomentMap(data, eta=float(eta), beta=float(beta), lam=float(lam), batch_factor=c_S)
     radius = _radius(mmap, closure)
@@ -498,7 +542,7 @@ def minibatch_divergence_edge(X, *, beta, lam=0.0, batch_size, replacement=False
     c_S = _batch_factor(batch_size, n, replacement)
     if c_S == 0:
         return math.inf
-    data = _data(X, None, float(lam))
+    data = _cached_data(X, None, float(lam))
     h_max = float((data.rho + lam).max())
     if h_max <= 0:
         return math.inf

@@ -31,7 +31,7 @@ import itertools
 
 import sympy as sp
 
-from .symbols import S, beta, eta, lam
+from .symbols import S, beta, eta, rho
 
 __all__ = [
     "h_l", "h_m", "N_samples", "c_S",
@@ -39,7 +39,8 @@ __all__ = [
     "batch_factor_without_replacement", "batch_factor_with_replacement",
     "noise_covariance_entry", "enumerated_batch_covariance",
     "cross_mode_stein", "cross_mode_denominator", "moment_recursion",
-    "closure_equation", "closure_noise", "divergence_condition",
+    "closure_equation", "closure_noise", "divergence_condition", "unit_var_a", "unit_var_v",
+    "fourth_moment", "single_mode_edge",
 ]
 
 #: Curvatures h_l = rho_l + lambda and h_m = rho_m + lambda of two eigenmodes.
@@ -65,21 +66,21 @@ batch_factor_without_replacement = (N_samples - S) / (S * (N_samples - 1))
 batch_factor_with_replacement = 1 / S
 
 
-def noise_covariance_entry(e, xt, rbar, gbar, j, l, k, m):
+def noise_covariance_entry(e, xt, rbar, j, l, k, m):
     r"""One entry :math:`\Sigma_{(j,l),(k,m)}(\theta)` of the per-sample gradient covariance in
     :math:`H`'s eigenbasis, a quadratic polynomial in :math:`e = \theta - \mu`:
 
     .. math::
         \Sigma_{(j,l),(k,m)} = \frac1N\sum_i r_{ij} r_{ik}\,\tilde x_{il}\tilde x_{im}
         - g_{jl}\,g_{km},\qquad r_{ij} = (e\tilde x_i)_j + \bar r_{ij},\quad
-        g = e\,\mathrm{diag}(\rho) + \bar g,
+        g = \frac1N\sum_i r_i\tilde x_i^\top = e\,\mathrm{diag}(\rho) + \bar g,
 
-    with :math:`\rho_l = \frac1N\sum_i\tilde x_{il}^2`. Arguments are SymPy matrices: ``e``
-    :math:`(c, d)`, ``xt`` :math:`(N, d)` (the rotated inputs), ``rbar`` :math:`(N, c)`
-    (:math:`\bar r_i = \mu x_i - y_i`), ``gbar`` :math:`(c, d)` (:math:`\bar g = -\lambda\mu`).
-    The input covariance of the rotated data must be diagonal for :math:`g` to take this form;
-    the function itself uses the full gradient :math:`\frac1N\sum_i r_i\tilde x_i^\top` and so
-    holds for any ``xt``.
+    (the last form when the rotated inputs have the diagonal second moment
+    :math:`\mathrm{diag}(\rho)` and :math:`\mu` is the ridge solution, so that
+    :math:`\bar g = -\lambda\mu`). Arguments are SymPy matrices: ``e`` :math:`(c, d)`, ``xt``
+    :math:`(N, d)` (rotated inputs), ``rbar`` :math:`(N, c)` (:math:`\bar r_i = \mu x_i - y_i`);
+    the entry uses the full gradient as a sum over samples, so it holds for any ``xt`` and
+    any reference point :math:`\mu`.
     """
     n = xt.shape[0]
     r = [[(e * xt[i, :].T)[jj] + rbar[i, jj] for jj in range(e.shape[0])] for i in range(n)]
@@ -152,3 +153,10 @@ closure_equation = sp.Eq(_p, unit_var_a * closure_noise, evaluate=False)
 _radius = sp.Symbol(r"\varrho(\mathcal{L}_{\eta,\beta,\lambda,S})", nonnegative=True)
 #: Second moments are finite iff the spectral radius of the stationary moment map is < 1.
 divergence_condition = sp.StrictLessThan(_radius, 1)
+
+#: The fourth moment kappa = (1/N) sum_i x_i^4 of a single input (one mode, c = d = 1).
+fourth_moment = sp.Symbol("kappa", positive=True)
+#: One mode alone (c = d = 1, lambda = 0): the radius c_S (kappa - rho^2) T_a reaches 1 at
+#: this eta, the noiseless edge 2(1+beta)/rho times (1-beta) rho^2 / ((1-beta) rho^2 + (1+beta) c_S (kappa - rho^2)).
+single_mode_edge = (2 * (1 - beta ** 2) * rho
+                    / ((1 - beta) * rho ** 2 + (1 + beta) * c_S * (fourth_moment - rho ** 2)))
