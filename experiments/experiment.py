@@ -29,7 +29,7 @@ import numpy as np
 
 import numeric
 
-from . import compare, figures, report
+from . import compare, figures, minibatch_rows, report
 from .data import DATASETS, load_dataset
 from .linreg import BACKENDS, NOISE_MODELS, effective_batch_size, least_squares, run_sgd
 
@@ -252,6 +252,15 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
                                  sigma2_fit_top_subspace=fit.sigma2,
                                  sigma2_trace=sigma2_trace)
     rows.extend(noise_rows)
+    # Real minibatches: the exact second-moment theory (docs/theory.md section 7).
+    minibatch = minibatch_rows.MinibatchTheory(data.X, data.Y, beta, lam, config.batch_size) \
+        if config.noise == "minibatch" and config.batch_size < n else None
+    if minibatch is not None:
+        mb_rows, mb_curves = minibatch_rows.stationary_rows(
+            minibatch, eta=eta, b_window=b_win, directions=directions,
+            global_sq=traj.global_sq[window], lag_steps=lag_steps, log=log)
+        rows.extend(mb_rows)
+        curves["displacement"] |= mb_curves
     curves["equipartition"] = {"steps": traj.loss_steps[loss_window],
                                "excess_loss": traj.excess_loss[loss_window].mean(1),
                                "kinetic": 0.25 * eta * (1 + beta) * traj.velocity_sq_at_loss[
@@ -315,6 +324,9 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
                 local, spectrum, eta=eta_f, beta=beta, lam=lam, batch_size=S_sweep,
                 sigma2=sigma2, label=f" [{sweep_noise}]")
             rows.append(row)
+            if sweep_noise == "minibatch" and minibatch is not None and eta_f < minibatch.edge:
+                rows.append(minibatch_rows.speed_row(local, minibatch, eta=eta_f,
+                                                     gaussian_edge=stability_edge(h_max, beta)))
             for key, value in (("eta", eta_f), ("measured", row.measured),
                                ("stderr", row.standard_error), ("discrete", row.predicted),
                                ("sde", row.details["sde"])):
@@ -328,6 +340,18 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
     curves["sweep"] = {"noises": sweep, "edge": stability_edge(h_max, beta),
                        "spectrum": compare.positive_spectrum(spectrum), "beta": beta,
                        "lam": lam, "sigma2": sigma2}
+    if minibatch is not None:
+        # The sweep reaches the predicted edge: real SGD just below and just above it.
+        edge_rows, edge_runs = minibatch_rows.edge_runs(
+            problem, minibatch, gaussian_edge=stability_edge(h_max, beta),
+            burn_in=speed_burn_in(spectrum, eta=0.9 * minibatch.edge, beta=beta, lam=lam),
+            num_steps=config.sweep_steps, log=log, run_kwargs=dict(
+                beta=beta, batch_size=config.batch_size, num_seeds=config.seeds,
+                seed=config.seed + 4, backend=config.backend, device=config.device))
+        rows.extend(edge_rows)
+        curves["sweep"]["minibatch_theory"] = minibatch_rows.speed_curve(
+            minibatch, lowest=config.sweep_fractions[0] * stability_edge(h_max, beta) / 2) | {
+            "runs": edge_runs}
     arrays_written.append(_save(out_dir, "sweep.npz", {
         f"{noise}_{k}": v for noise, part in sweep.items() for k, v in part.items()}))
 

@@ -105,6 +105,24 @@ def plot_speed_sweep(cur: dict, path: Path) -> str:
             sde_at = np.array([speed(e, "sde") for e in part["eta"]])
             ax2.errorbar(part["eta"], part["measured"] / sde_at,
                          yerr=2 * part["stderr"] / sde_at, **marker)
+    theory = cur.get("minibatch_theory")
+    if theory is not None:
+        # real-minibatch theory (docs/theory.md section 7) up to its divergence edge
+        name = "exact" if theory["closure"] == "exact" else "closure"
+        ax.plot(theory["eta"], theory["speed"], "C3", lw=1.2,
+                label=f"real-minibatch theory ({name})")
+        sde_curve = np.array([float(numeric.instantaneous_speed(
+            cur["spectrum"], eta=e, beta=cur["beta"], lam=cur["lam"],
+            S=cur["noises"]["minibatch"]["batch_size"], sigma2=cur["sigma2"], model="sde"))
+            for e in theory["eta"]])
+        ax2.plot(theory["eta"], theory["speed"] / sde_curve, "C3", lw=1.2)
+        runs = theory.get("runs")
+        for a in (ax, ax2):
+            a.axvline(theory["edge"], color="C3", ls=":", label="minibatch divergence edge")
+        if runs is not None:
+            for eta_run, diverged in zip(runs["eta"], runs["diverged"]):
+                ax.annotate("diverged" if diverged else "finite", (eta_run, top), fontsize=6,
+                            rotation=90, va="top", ha="center", color="C3")
     for a in (ax, ax2):
         a.axvline(cur["edge"], color="gray", ls=":", label="stability edge")
         a.set_xscale("log")
@@ -150,6 +168,10 @@ def plot_global_displacement(cur: dict, path: Path) -> str:
     ax.plot(k, cur["measured"], "k", lw=1, label=f"SGD, fitted c = {fit_m[0]:.3f}")
     ax.plot(k, cur["predicted"], "C0", label=f"discrete theory, c = {fit_p[0]:.3f}")
     ax.plot(k, cur["predicted_sde"], "C1--", label="SDE, eq. (13)")
+    if "predicted_minibatch" in cur:
+        fit_mb = cur["fit_predicted_minibatch"]
+        ax.plot(k, cur["predicted_minibatch"], "C3",
+                label=f"real-minibatch theory, c = {fit_mb[0]:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("lag k (steps)")
