@@ -14,10 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 import sympy as sp
-from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
-from ._latex import paper_latex
+from ._latex import PaperPrettyPrinter, paper_latex, paper_pretty
 
 __all__ = ["Derivation", "LATEX_SETTINGS", "description_latex", "description_text", "latex_text"]
 
@@ -104,22 +103,9 @@ class Derivation:
         return f"Derivation(name={self.name!r}, reference={self.reference!r}, description={self.description!r})"
 
 
-_UNICODE = (
-    (r"\left", ""), (r"\right", ""), (r"\mathbb{E}", "E"), (r"\mathrm", ""), (r"\operatorname", ""),
-    (r"\lVert", "‖"), (r"\rVert", "‖"), (r"\lim", "lim"), (r"\to", "→"), (r"\sqrt", "√"),
-    (r"\theta", "θ"), (r"\Sigma", "Σ"), (r"\kappa", "κ"), (r"\eta", "η"), (r"\mu", "μ"),
-    (r"\delta", "δ"), (r"\Delta", "Δ"), (r"\lambda", "λ"), (r"\tau", "τ"), (r"\epsilon", "ε"),
-    (r"\beta", "β"), (r"\Psi", "Ψ"), (r"\Phi", "Φ"), (r"\zeta", "ζ"), (r"\pm", "±"), (r"\frac", ""),
-    (r"\text", ""), (r"\,", " "), (r"\ ", " "), ("^{-1}", "⁻¹"), ("^{2}", "²"), ("^{+}", "⁺"),
-    ("{", ""), ("}", ""), ("\\", ""),
-)
-
-
 def _plain_name(name: str) -> str:
-    name = re.sub(r"\^\{([^{}]{2,})\}", r"^(\1)", name)
-    for latex, plain in _UNICODE:
-        name = name.replace(latex, plain)
-    return name
+    """A symbol named in LaTeX, for the terminal."""
+    return _plain_math(name)
 
 
 def _plain_symbols(expression):
@@ -135,35 +121,20 @@ def _plain_symbols(expression):
     return expression.xreplace(renames)
 
 
-def _render(expression) -> str:
-    if isinstance(expression, (sp.Symbol, sp.MatrixSymbol)):
-        return expression.name if isinstance(expression, sp.Symbol) else str(expression.args[0])
-    # SymPy's pretty printer drops '+' signs inside matrix sums (MatAdd): print those as strings.
-    if expression.atoms(sp.MatAdd):
-        return sp.sstr(expression)
-    return sp.pretty(expression, use_unicode=True, wrap_line=False)
-
-
 def _text(lhs, rhs) -> str:
     """Unicode rendering of ``lhs = rhs`` (or of ``rhs`` alone when ``lhs`` is None)."""
-    right = _plain_symbols(rhs)
-    if lhs is None:
-        return _render(right)
-    if isinstance(lhs, (sp.Symbol, sp.MatrixSymbol)):
-        # A name is shown as written (the pretty printer would parse ^ and _ in it).
-        name = lhs.name if isinstance(lhs, sp.Symbol) else str(lhs.args[0])
+    printer = PaperPrettyPrinter({"use_unicode": True, "wrap_line": False})
+    form = printer._print(_plain_symbols(rhs))
+    if lhs is not None:
+        name = lhs.name if isinstance(lhs, sp.Symbol) else (
+            str(lhs.args[0]) if isinstance(lhs, sp.MatrixSymbol) else "")
         if "\\" in name or "{" in name:
-            if right.atoms(sp.MatAdd):
-                return _plain_name(name) + " = " + _render(right)
-            form = prettyForm(*prettyForm(_plain_name(name) + " = ").right(
-                PrettyPrinter({"use_unicode": True, "wrap_line": False})._print(right)))
-            return form.render(wrap_line=False)
-    left = _plain_symbols(lhs)
-    if isinstance(left, sp.Symbol) and not isinstance(right, (sp.MatrixBase, sp.MatrixExpr, sp.Equality)):
-        return _render(sp.Eq(left, right, evaluate=False))
-    left_text, right_text = _render(left), _render(right)
-    separator = " =\n" if "\n" in left_text + right_text else " = "
-    return left_text + separator + right_text
+            # a name written in LaTeX is shown as written (pretty printing would parse ^ and _)
+            left = prettyForm(_plain_name(name))
+        else:
+            left = printer._print(_plain_symbols(lhs))
+        form = prettyForm(*left.right(" = ", form))
+    return form.render(wrap_line=False)
 
 
 def _latex_relation(lhs, rhs, *, aligned: bool = True) -> str:
@@ -238,16 +209,17 @@ def _plain_math(tex: str) -> str:
         parts = [part if re.fullmatch(r"[\\\w{}^]*", part) else f"({part})" for part in match.groups()]
         return "/".join(parts)
 
-    tex = re.sub(r"\\[dt]?frac(\d)(\d)", r"\1/\2", tex)
-    for _ in range(3):  # nested fractions and roots, innermost first
-        tex = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", fraction, tex)
-        tex = re.sub(r"\\sqrt\{([^{}]*)\}", r"√(\1)", tex)
-    tex = re.sub(r"\^\{?\\top\}?", "ᵀ", tex)
-    tex = re.sub(r"\^\{?\\ast\}?", "*", tex)
-
     def superscript(match):
         power = match.group(1) or match.group(2)
         return _SUPERSCRIPTS.get(power, "^" + (power if len(power) == 1 else f"({power})"))
+
+    tex = re.sub(r"\\[dt]?frac(\d)(\d)", r"\1/\2", tex)
+    tex = re.sub(r"\^\{?\\top\}?", "ᵀ", tex)
+    tex = re.sub(r"\^\{?\\ast\}?", "*", tex)
+    for _ in range(3):  # nested superscripts, fractions and roots, innermost first
+        tex = re.sub(r"\^\{([^{}]*)\}", superscript, tex)
+        tex = re.sub(r"\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}", fraction, tex)
+        tex = re.sub(r"\\sqrt\{([^{}]*)\}", r"√(\1)", tex)
 
     def command(match):
         word, space = match.group(1), match.group(2) or ""

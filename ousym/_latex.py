@@ -1,9 +1,10 @@
-r"""LaTeX in the paper's notation: sums in the paper's order and signs, the identity as ``I``.
+r"""Printing in the paper's notation: sums in the paper's order and signs, the identity as ``I``.
 
 SymPy stores a sum in a canonical order of its own and prints it that way: ``\beta + 1``,
 ``\lambda + \rho``, ``\lambda I + H``; it distributes a transpose over a sum
 (``(-\mu^T + \theta^T)``) and prints a negated matrix term after a plus sign (``+ - \lambda\theta``).
-:class:`PaperLatexPrinter` prints every sum, scalar or matrix, by one rule instead:
+:class:`PaperLatexPrinter` (LaTeX) and :class:`PaperPrettyPrinter` (Unicode, for the terminal)
+print every sum, scalar or matrix, by one rule instead:
 
 * terms that carry a minus sign come after the others and are printed with ``-``;
 * a term that is minus a matrix sum is opened into its terms (``v - (g + \lambda\theta)`` prints as
@@ -27,16 +28,21 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.precedence import precedence_traditional
+from sympy.printing.pretty.pretty import PrettyPrinter
+from sympy.printing.pretty.stringpict import prettyForm, stringPict
 
-__all__ = ["PaperLatexPrinter", "paper_latex", "SYMBOL_ORDER"]
+__all__ = ["PaperLatexPrinter", "PaperPrettyPrinter", "paper_latex", "paper_pretty", "SYMBOL_ORDER"]
 
 #: Symbol names in the order the paper's formulas list them; a term of a sum is placed by its
 #: first symbol in this list (names as in :mod:`ousym.symbols`).
 SYMBOL_ORDER: tuple[str, ...] = (
     r"g_{B}(\theta)", r"g(\theta)", "A", "A_l", "H", r"\Sigma(\theta)", "Sigma", "M", "theta", "v", "G", "mu",
     "a", "b", "rho", "lambda",
+    # the same names as the terminal rendering spells them
+    "g_B(θ)", "g(θ)", "Σ(θ)",
 )
 _RANK = {name: position for position, name in enumerate(SYMBOL_ORDER)}
+_RANK.update({"g_B(θ)": _RANK[r"g_{B}(\theta)"], "g(θ)": _RANK[r"g(\theta)"], "Σ(θ)": _RANK[r"\Sigma(\theta)"]})
 
 
 def _name(atom) -> str:
@@ -109,6 +115,56 @@ def _integer_factor(term) -> int:
     return 1
 
 
+def _ordered_sum(terms, *, group_integer_factors: bool) -> list[tuple[bool, sp.Basic]]:
+    """Signed terms of a sum in the paper's order (module docstring): ``(negative, term)``.
+
+    With ``group_integer_factors``, scalar terms that share an integer factor come back as one
+    unevaluated product of that factor and their sum (``2 (1 + beta)``)."""
+    items = []  # (negative, rank, position, term)
+    grouped: dict[int, list[tuple[bool, sp.Basic]]] = {}
+    for position, (negative, magnitude) in enumerate(terms):
+        factor = _integer_factor(magnitude) if group_integer_factors else 1
+        if factor > 1 and sum(_integer_factor(m) == factor for _, m in terms) > 1:
+            grouped.setdefault(factor, []).append((negative, magnitude / factor))
+            continue
+        items.append((negative, _leading_rank(magnitude), position, magnitude))
+    for factor, members in grouped.items():
+        group_negative = all(negative for negative, _ in members)
+        inner = sp.Add(*(-m if negative != group_negative else m for negative, m in members))
+        lead = min(_leading_rank(m) for _, m in members)
+        items.append((group_negative, lead, -1, sp.Mul(sp.Integer(factor), inner, evaluate=False)))
+    items.sort(key=lambda item: item[:3])
+    return [(negative, term) for negative, _, _, term in items]
+
+
+def _pulled_integer_content(expr):
+    """``expr`` (a product) with the integer content of its sum factors pulled to the front:
+    ``x (2 - 2 beta)`` becomes ``2 x (1 - beta)`` (unevaluated), or ``expr`` itself."""
+    pulled, factors = sp.Integer(1), []
+    for factor in expr.args:
+        base, exponent = (factor.base, factor.exp) if factor.is_Pow else (factor, sp.Integer(1))
+        if base.is_Add and exponent.is_Integer:
+            content, primitive = base.primitive()
+            if content.is_Integer and content > 1:
+                pulled *= content**exponent
+                factors.append(primitive**exponent)
+                continue
+        factors.append(factor)
+    return expr if pulled == 1 else sp.Mul(pulled, *factors, evaluate=False)
+
+
+def _without_sign(expr) -> tuple[bool, list]:
+    """``(negative, args)`` of a matrix product, the minus sign taken off its coefficient."""
+    args = list(expr.args)
+    negative = _negative_coefficient(expr.as_coeff_matrices()[0])
+    if negative:
+        if args[0] == -1:
+            args = args[1:]
+        else:
+            args[0] = -args[0]
+    return negative, args
+
+
 class PaperLatexPrinter(LatexPrinter):
     """SymPy's LaTeX printer with sums in the paper's order and signs (module docstring) and the
     identity matrix printed ``I``."""
@@ -126,33 +182,14 @@ class PaperLatexPrinter(LatexPrinter):
 
     def _print_Mul(self, expr) -> str:
         # a factor 2 - 2 beta prints as 2 (1 - beta) with the 2 among the numbers in front
-        pulled, factors = sp.Integer(1), []
-        for factor in expr.args:
-            base, exponent = (factor.base, factor.exp) if factor.is_Pow else (factor, sp.Integer(1))
-            if base.is_Add and exponent.is_Integer:
-                content, primitive = base.primitive()
-                if content.is_Integer and content > 1:
-                    pulled *= content**exponent
-                    factors.append(primitive**exponent)
-                    continue
-            factors.append(factor)
-        if pulled != 1:
-            expr = sp.Mul(pulled, *factors, evaluate=False)
-        return super()._print_Mul(expr)
+        return super()._print_Mul(_pulled_integer_content(expr))
 
     def _print_MatMul(self, expr) -> str:
-        # a sum of transposes prints as (sum)^T, which needs no further parentheses
-        args = list(expr.args)
-        negative = _negative_coefficient(expr.as_coeff_matrices()[0])
-        if negative:
-            if args[0] == -1:
-                args = args[1:]
-            else:
-                args[0] = -args[0]
+        negative, args = _without_sign(expr)
 
         def factor(x) -> str:
             if isinstance(x, sp.MatAdd) and _all_transposes(_flat_terms(x.args)):
-                return self._print(x)
+                return self._print(x)  # (sum)^T needs no further parentheses
             if isinstance(x, sp.Mul) and not isinstance(x, sp.MatMul):
                 return self._print(x)
             return self.parenthesize(x, precedence_traditional(expr), False)
@@ -164,35 +201,88 @@ class PaperLatexPrinter(LatexPrinter):
         if _all_transposes(terms):
             inner = self._print_signed_sum([(sign, m.arg) for sign, m in terms])
             return r"\left(%s\right)^{T}" % inner
-        # items: (negative, rank, position, tex)
-        items = []
-        grouped: dict[int, list[tuple[bool, sp.Basic]]] = {}
-        for position, (negative, magnitude) in enumerate(terms):
-            factor = _integer_factor(magnitude) if group_integer_factors else 1
-            if factor > 1 and sum(_integer_factor(m) == factor for _, m in terms) > 1:
-                grouped.setdefault(factor, []).append((negative, magnitude / factor))
-                continue
-            tex = self._print(magnitude)
-            if self._needs_add_brackets(magnitude) or isinstance(magnitude, sp.MatAdd):
-                tex = r"\left(%s\right)" % tex
-            items.append((negative, _leading_rank(magnitude), position, tex))
-        for factor, members in grouped.items():
-            # terms sharing an integer factor print as that factor times their sum: 2 (1 + beta)
-            group_negative = all(negative for negative, _ in members)
-            inner = sp.Add(*(-m if negative != group_negative else m for negative, m in members))
-            lead = min(_leading_rank(m) for _, m in members)
-            items.append((group_negative, lead, -1, r"%d \left(%s\right)" % (factor, self._print(inner))))
-        items.sort(key=lambda item: item[:3])
         tex = ""
-        for position, (negative, _, _, term_tex) in enumerate(items):
+        for position, (negative, term) in enumerate(_ordered_sum(terms, group_integer_factors=group_integer_factors)):
             if position == 0:
                 tex += "- " if negative else ""
             else:
                 tex += " - " if negative else " + "
+            term_tex = self._print(term)
+            if isinstance(term, sp.MatAdd) or self._needs_add_brackets(term):
+                term_tex = r"\left(%s\right)" % term_tex
             tex += term_tex
         return tex
+
+
+class PaperPrettyPrinter(PrettyPrinter):
+    """SymPy's Unicode printer with the same rules as :class:`PaperLatexPrinter`."""
+
+    def _print_Identity(self, expr):
+        return prettyForm("I")
+
+    def _print_ZeroMatrix(self, expr):
+        return prettyForm("0")
+
+    def _print_Symbol(self, expr, bold_name=False):
+        # a name that is itself a formula ("e^(-A_l t)", "C(η k)") prints as written: SymPy
+        # would read its ^ and _ as super- and subscripts
+        if any(char in expr.name for char in " ()[]"):
+            return prettyForm(expr.name)
+        return super()._print_Symbol(expr, bold_name)
+
+    def _print_Add(self, expr, order=None):
+        if _is_matrix(expr):
+            return self._pretty_signed_sum(_flat_terms(expr.args))
+        return self._pretty_signed_sum(_flat_terms(self._as_ordered_terms(expr, order=order)),
+                                       group_integer_factors=True)
+
+    _print_MatAdd = _print_Add
+
+    def _print_Mul(self, product):
+        return super()._print_Mul(_pulled_integer_content(product))
+
+    def _print_MatMul(self, expr):
+        negative, args = _without_sign(expr)
+        forms = []
+        for arg in args:
+            if isinstance(arg, sp.MatAdd) and _all_transposes(_flat_terms(arg.args)):
+                forms.append(self._print(arg))
+            else:
+                forms.append(self._parenthesized(arg) if len(args) > 1 else self._print(arg))
+        form = prettyForm.__mul__(*forms) if len(forms) > 1 else forms[0]
+        if negative:
+            form = prettyForm(*stringPict.next("-", form), binding=prettyForm.NEG)
+        return form
+
+    def _parenthesized(self, arg):
+        form = self._print(arg)
+        if isinstance(arg, (sp.Add, sp.MatAdd)) and not (
+                isinstance(arg, sp.MatAdd) and _all_transposes(_flat_terms(arg.args))):
+            form = prettyForm(*form.parens())
+        return form
+
+    def _pretty_signed_sum(self, terms, *, group_integer_factors: bool = False):
+        if _all_transposes(terms):
+            inner = self._pretty_signed_sum([(sign, m.arg) for sign, m in terms])
+            return prettyForm(*inner.parens()) ** prettyForm("T")
+        pieces = []
+        for position, (negative, term) in enumerate(_ordered_sum(terms, group_integer_factors=group_integer_factors)):
+            form = self._parenthesized(term)
+            if position == 0:
+                if negative:
+                    pieces.append("-" if form.height() == 1 else "- ")
+            else:
+                pieces.append(" - " if negative else " + ")
+            pieces.append(form)
+        return prettyForm(*stringPict.next(*pieces), binding=prettyForm.ADD)
 
 
 def paper_latex(expr, **settings) -> str:
     """LaTeX of ``expr`` by :class:`PaperLatexPrinter` (``settings`` as for :func:`sympy.latex`)."""
     return PaperLatexPrinter(settings).doprint(expr)
+
+
+def paper_pretty(expr, **settings) -> str:
+    """Unicode text of ``expr`` by :class:`PaperPrettyPrinter` (``settings`` as for
+    :func:`sympy.pretty`)."""
+    return PaperPrettyPrinter(settings).doprint(expr)

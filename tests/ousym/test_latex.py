@@ -44,6 +44,16 @@ def test_no_derivation_prints_a_sign_after_a_plus_or_sympys_identity(catalogue):
             assert r"\mathbb{I}" not in text and r"- \left(- " not in text, (name, text)
 
 
+def test_terminal_text_uses_the_same_rules(catalogue):
+    potential = catalogue["original_potential"].text()
+    assert "Φ(θ) = (θ - μ) ⋅(H + λ⋅I)⋅(θ - μ)" in potential  # the T sits on the line above
+    assert "β⋅v - g_B(θ) - λ⋅θ" in catalogue["sgd_update"].text()
+    assert "where h = ρ + λ" in catalogue["drift_matrix_mode"].text()
+    for name, derivation in catalogue.items():
+        text = derivation.text()
+        assert "Matrix([" not in text and not re.search(r"[^_^]\+ -", text) and "__(" not in text, (name, text)
+
+
 def test_jupyter_rendering_uses_the_same_printer(catalogue):
     jupyter = catalogue["original_potential"]._repr_latex_()
     assert jupyter.startswith("$\\displaystyle") and jupyter.endswith("$")
