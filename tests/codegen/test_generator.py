@@ -80,8 +80,12 @@ def test_render_write_load_evaluates_the_expressions(tmp_path, backend):
         torch = pytest.importorskip("torch")
         args = [torch.tensor(a) for a in args]
     total, ratio = module.kernel(*args)
-    np.testing.assert_allclose(np.asarray(total), [1.5 + 9.0, 2.0 + 0.25], rtol=1e-15)
-    np.testing.assert_allclose(np.asarray(ratio), [np.log(1.5) / 3.0, np.log(2.0) / 0.5], rtol=1e-15)
+    # x + y^2 on these values is exact (dyadic, few bits); log(x) / y: a libm log (within 4
+    # ulps, numpy's and torch's may differ) and a correctly rounded division on either side
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_array_equal(np.asarray(total), [1.5 + 9.0, 2.0 + 0.25])
+    np.testing.assert_allclose(np.asarray(ratio), [np.log(1.5) / 3.0, np.log(2.0) / 0.5],
+                               rtol=2 * (4 + 1) * eps)
 
 
 def test_generated_primitives_match_sympy_at_30_digits_across_regimes():
