@@ -939,7 +939,7 @@ def discrete_speed_factor(rho, *, eta, beta, lam):
 
 
 def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict) -> tuple:
-    """The comparison rows and the measurements behind the figures.
+    r"""The comparison rows and the measurements behind the figures.
 
     Rows (:class:`experiments.compare.Comparison`):
 
