@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from float_bounds import EPS
+from float_bounds import EPS, lyapunov_rounding
 from numeric import (ou_decomposition, ou_lag_covariance, ou_stationary_covariance,
                      sample_ou)
 
@@ -19,15 +19,6 @@ def random_stable_pair(rng, batch, n, rank=None):
     A = M + shift[..., None, None] * np.eye(n)
     L = rng.standard_normal(batch + (n, n if rank is None else rank))
     return A, L @ np.swapaxes(L, -1, -2)
-
-
-def lyapunov_rounding(A):
-    """Relative (max-norm) error bound of a backward-stable solve of A B + B A^T = 2 D as the
-    linear system K vec(B) = vec(2 D), K = I kron A + A kron I: c n^2 eps cond(K), with
-    c n^2 = 64 (n <= 8 here), any solver and any BLAS."""
-    n = A.shape[-1]
-    K = np.kron(np.eye(n), A) + np.kron(A, np.eye(n))
-    return 64 * EPS * np.linalg.cond(K)
 
 
 def sgd_mode(eta, beta, h, sigma2_rho):

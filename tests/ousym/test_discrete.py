@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from ousym import discrete, stationary
 from ousym.symbols import S, a0, b0, beta, eta, h, k, lam, rho, sigma2
 
+from float_bounds import EPS, gamma, power_bound  # noqa: E402  (tests/numeric is on the pythonpath)
+
 from ousym_strategies import SPOT, mode_parameters  # noqa: E402  (tests/ousym is on pytest's pythonpath)
 
 #: Stable parameters: eta h up to 0.99 of the edge 2 (1 + beta) (includes negative and complex eigenvalues).
@@ -116,8 +118,12 @@ def test_matrix_power_in_every_regime(evaluate_at):
         values = {**case, lam: 0.0, sigma2: 1.0, S: 1.0}
         M, _, _ = numeric_model(values, evaluate_at)
         for steps in (0, 1, 2, 5, 13):
-            np.testing.assert_allclose(evaluate_at(discrete.M_power, {**values, k: steps}, (k,)),
-                                       np.linalg.matrix_power(M, steps), rtol=1e-12, atol=1e-13)
+            # the closed form at 50 digits (rounded once: 1 ulp) against matrix_power's
+            # products (float_bounds.power_bound)
+            expected = np.linalg.matrix_power(M, steps)
+            got = evaluate_at(discrete.M_power, {**values, k: steps}, (k,))
+            assert np.all(np.abs(got - expected)
+                          <= power_bound(M, steps) + 2 * EPS * np.abs(expected)), (case, steps)
 
 
 @SPOT
@@ -163,9 +169,13 @@ def test_mean_is_the_matrix_power_applied_to_the_initial_state(evaluate_at):
     values = {eta: 0.2, beta: 0.8, rho: 1.5, lam: 0.1, sigma2: 1.0, S: 1.0, a0: 0.4, b0: -1.2}
     M, _, _ = numeric_model(values, evaluate_at)
     for steps in (0, 3, 17):
-        expected = np.linalg.matrix_power(M, steps) @ np.array([0.4, -1.2])
-        np.testing.assert_allclose(evaluate_at(discrete.discrete_mean, {**values, k: steps}, (k, a0, b0)).ravel(),
-                                   expected, rtol=1e-12, atol=1e-14)
+        start = np.array([0.4, -1.2])
+        expected = np.linalg.matrix_power(M, steps) @ start
+        # matrix_power's products, then one more (gamma(2)), against a 50-digit value rounded once
+        bound = ((power_bound(M, steps) + gamma(2) * np.linalg.matrix_power(np.abs(M), steps))
+                 @ np.abs(start) + 2 * EPS * np.abs(expected))
+        got = evaluate_at(discrete.discrete_mean, {**values, k: steps}, (k, a0, b0)).ravel()
+        assert np.all(np.abs(got - expected) <= bound), steps
 
 
 def test_stationary_moments_match_a_simulation_of_the_recursion(rng, evaluate_at):
