@@ -27,7 +27,9 @@ _TORCH_MODULES = {
     "._hessian": ["HessianEigenpairs", "TraceEstimate", "hessian_eigenpairs",
                   "hessian_vector_product", "hutchinson_trace", "linear_regression_eigenpairs",
                   "linear_regression_hessian", "power_iteration_eigenpairs"],
-    "._recorder": ["TrajectoryRecorder", "load_trajectory"],
+    "._recorder": ["TrajectoryRecorder"],
+    "._trajectory": ["Trajectory", "TrajectoryMismatchError", "TrajectoryWriter",
+                     "load_trajectory", "truncate_trajectory", "write_trajectory"],
     # partial spectra and the predictions from them (torch only inside the builders)
     "._spectrum": ["Spectrum", "LanczosQuadrature", "IsotropicNoise", "PerModeNoise",
                    "Prediction", "stochastic_lanczos_quadrature", "spectrum_from_model",

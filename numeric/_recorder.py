@@ -16,41 +16,21 @@ PyTorch's ``SGD(momentum=beta, weight_decay=lam, dampening=0)`` keeps the buffer
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._spectrum import atomic_write as _atomic_write
+from ._trajectory import TrajectoryWriter, load_trajectory, manifest_fields
+
 __all__ = ["TrajectoryRecorder", "load_trajectory"]
 
-_META = "meta.json"
-_START = "start.pt"
-_CHUNK = re.compile(r"^chunk_(\d{12})\.npz$")
-_FORMAT = 1
+_START = "start.npz"
+_REFERENCE = "reference.npz"
 _SCALARS = ("local_displacement_sq", "global_displacement_sq", "loss")
 _PROJECTIONS = ("theta_projection", "velocity_projection")
-
-
-def _atomic_write(path, write):
-    """Write through a temporary file in the same folder, then ``os.replace`` (atomic on POSIX
-    and Windows): a reader sees the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 _SPLIT = 1 << 16  # columns per partial product of _project on the CPU
@@ -73,46 +53,6 @@ def _project(directions, vectors):
     if cut < size:
         out += torch.mm(vectors[:, cut:], directions[:, cut:].T)
     return out
-
-
-def _chunk_files(path):
-    path = Path(path)
-    if not path.is_dir():
-        return []
-    return sorted(entry for entry in path.iterdir() if _CHUNK.match(entry.name))
-
-
-def load_trajectory(path):
-    r"""Load a recorded trajectory: the chunks in ``path`` concatenated in step order.
-
-    Returns
-    -------
-    dict of numpy.ndarray
-        ``step`` (int64, ``(T,)``); ``local_displacement_sq`` :math:`\|\delta_k\|^2`,
-        ``global_displacement_sq`` :math:`\|\Delta_k\|^2`, ``loss`` (float64, ``(T,)``; NaN
-        where no loss was given); ``theta_projection``
-        :math:`\langle\theta_k - \theta_{\rm ref}, q_l\rangle` and ``velocity_projection``
-        :math:`\langle v_k, q_l\rangle` (float64, ``(T, m)``).
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` holds no recording (no ``meta.json``).
-    """
-    path = Path(path)
-    meta_file = path / _META
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"no trajectory recording in {str(path)!r} (no {_META})")
-    meta = json.loads(meta_file.read_text())
-    m = int(meta["num_directions"])
-    pieces = {"step": [np.zeros(0, np.int64)]}
-    pieces.update({key: [np.zeros(0)] for key in _SCALARS})
-    pieces.update({key: [np.zeros((0, m))] for key in _PROJECTIONS})
-    for chunk in _chunk_files(path):
-        with np.load(chunk) as data:
-            for key in pieces:
-                pieces[key].append(data[key])
-    return {key: np.concatenate(value) for key, value in pieces.items()}
 
 
 class TrajectoryRecorder:
@@ -151,14 +91,20 @@ class TrajectoryRecorder:
     ``optimizer.step()`` shows from the next block on), which halves the dominant cost,
     :math:`2Pm` flops per projected vector. Otherwise each step holds both vectors.
 
-    Files: with ``path`` (a directory, created if needed) each full chunk is written as
-    ``chunk_<first step>.npz`` atomically (temporary file, ``os.replace``), next to
-    ``meta.json`` and ``start.pt`` (:math:`\theta_0`). A killed run loses at most the chunk in
-    progress. A new recorder on the same ``path`` *resumes*: it reloads :math:`\theta_0`,
-    continues the step count from the last step on disk (:attr:`step`) and appends; the caller
-    restores the model and optimizer to that step (e.g. checkpoint when :meth:`flush` is
-    called or every ``chunk_size * every`` steps). :func:`load_trajectory` reads the whole
-    record back.
+    Files: with ``path`` (a directory, created if needed) the recording is a trajectory folder
+    (:mod:`numeric._trajectory`): each full chunk is written as ``chunk_<first step>.npz``
+    atomically (temporary file, ``os.replace``), next to ``manifest.json`` (the learning
+    rate, momentum and weight decay of the groups, ``settings``, the dtype, the SHA-256 of the
+    directions and of the reference, package versions), ``start.npz`` (:math:`\theta_0`) and
+    ``reference.npz`` (when given). A killed run loses at most the chunk in progress. A new
+    recorder on the same ``path`` *resumes*: it reloads :math:`\theta_0`, continues the step
+    count from the last step on disk (:attr:`step`) and appends; the caller restores the
+    model and optimizer to that step (e.g. checkpoint when :meth:`flush` is called or every
+    ``chunk_size * every`` steps; :func:`numeric.truncate_trajectory` rewinds the files to an
+    older checkpoint). A resume with another dtype, other directions or reference, another
+    learning rate (``initial_lr`` of a scheduler when present), momentum, weight decay,
+    ``every`` or ``settings`` raises :class:`numeric.TrajectoryMismatchError`.
+    :func:`load_trajectory` reads the record back, lazily.
 
     Parameters
     ----------
@@ -192,11 +138,20 @@ class TrajectoryRecorder:
     ValueError
         an unsupported SGD option (named, with its value), parameters on several devices or
         dtypes, ``directions`` or ``reference`` of the wrong shape, ``every``/``chunk_size``/
-        ``projection_block`` < 1, or a ``path`` recorded with other settings (named).
+        ``projection_block`` < 1.
+    TypeError
+        ``settings`` that are not JSON-serialisable.
+    numeric.TrajectoryMismatchError
+        (a ``ValueError``) a ``path`` recorded with other settings, dtype, directions,
+        reference or hyperparameters (the field is named).
+
+    ``settings`` (a JSON-serialisable dict, e.g. the batch size ``S``, data set, seed) is
+    stored in the manifest and must match on resume; ``S`` is read from ``settings["S"]`` or
+    ``settings["batch_size"]``.
     """
 
     def __init__(self, optimizer, *, directions=None, reference=None, every=1, path=None,
-                 chunk_size=1024, projection_block=None):
+                 chunk_size=1024, projection_block=None, settings=None):
         self._optimizer = optimizer
         self._params = self._check_optimizer(optimizer)
         first = self._params[0]
@@ -220,14 +175,15 @@ class TrajectoryRecorder:
         self.num_directions = 0 if self._directions is None else self._directions.shape[0]
         self._path = None if path is None else Path(path)
         self._step = 0
+        given_reference = None if reference is None else self._check_reference(reference)
+        self._writer = None
         start = None
         if self._path is not None:
-            start = self._open_directory()
+            start = self._open_directory(settings, given_reference)
         self._start = self._flat_parameters() if start is None else start
         if self._path is not None and not (self._path / _START).exists():
-            _atomic_write(self._path / _START,
-                          lambda stream: torch.save(self._start.detach().cpu(), stream))
-        self._reference = self._check_reference(reference)
+            _save_vector(self._path / _START, self._start)
+        self._reference = self._start if given_reference is None else given_reference
         self._reference_is_start = reference is None
 
         factory = {"device": self._device, "dtype": self._dtype}
@@ -298,8 +254,6 @@ class TrajectoryRecorder:
         return directions.detach().to(device=self._device, dtype=self._dtype).contiguous()
 
     def _check_reference(self, reference):
-        if reference is None:
-            return self._start
         if isinstance(reference, (list, tuple)):
             shapes = [tuple(p.shape) for p in self._params]
             got = [tuple(torch.as_tensor(r).shape) for r in reference]
@@ -314,32 +268,37 @@ class TrajectoryRecorder:
                              f"{tuple(reference.shape)}")
         return reference.detach().to(device=self._device, dtype=self._dtype).clone()
 
-    def _open_directory(self):
+    def _manifest(self, settings, reference):
+        groups = self._optimizer.param_groups
+
+        def per_group(read):
+            values = [read(group) for group in groups]
+            return values[0] if len(set(values)) == 1 else values
+
+        settings = dict(settings or {})
+        return manifest_fields(
+            eta=per_group(lambda g: float(g.get("initial_lr", g["lr"]))),
+            beta=per_group(lambda g: float(g.get("momentum", 0.0))),
+            lam=per_group(lambda g: float(g.get("weight_decay", 0.0))),
+            S=settings.get("S", settings.get("batch_size")), settings=settings,
+            dtype=self._dtype, directions=self._directions, reference=reference, axis=None,
+            arrays=list(_SCALARS + _PROJECTIONS),
+            array_shapes={key: [] for key in _SCALARS} | {
+                key: [self.num_directions] for key in _PROJECTIONS},
+            kind="recorder", num_parameters=self.num_params,
+            num_directions=self.num_directions, every=self.every)
+
+    def _open_directory(self, settings, reference):
         """Create or resume the directory; returns theta_0 when resuming, else None."""
-        self._path.mkdir(parents=True, exist_ok=True)
-        for leftover in self._path.glob(".*.tmp"):
-            leftover.unlink()  # a temporary file of a killed write: never a complete chunk
-        meta = {"format": _FORMAT, "num_params": self.num_params,
-                "num_directions": self.num_directions, "every": self.every,
-                "dtype": str(self._dtype)}
-        meta_file = self._path / _META
-        if not meta_file.exists():
-            _atomic_write(meta_file, lambda stream: stream.write(json.dumps(meta).encode()))
-            return None
-        stored = json.loads(meta_file.read_text())
-        for key in ("format", "num_params", "num_directions", "every"):
-            if stored.get(key) != meta[key]:
-                raise ValueError(f"path {str(self._path)!r} holds a recording with {key}="
-                                 f"{stored.get(key)!r}, but this recorder has {key}="
-                                 f"{meta[key]!r}; use a new path or the same settings")
-        chunks = _chunk_files(self._path)
-        if chunks:
-            with np.load(chunks[-1]) as data:
-                self._step = int(data["step"][-1])
+        self._writer = TrajectoryWriter(self._path, self._manifest(settings, reference))
+        self._step = self._writer.last_step or 0
+        if reference is not None and not (self._path / _REFERENCE).exists():
+            _save_vector(self._path / _REFERENCE, reference)
         start_file = self._path / _START
         if not start_file.exists():
             return None
-        start = torch.load(start_file, weights_only=True)
+        with np.load(start_file, allow_pickle=False) as data:
+            start = torch.from_numpy(data["vector"])
         return start.to(device=self._device, dtype=self._dtype)
 
     # ---- recording ----------------------------------------------------------------------
@@ -468,9 +427,8 @@ class TrajectoryRecorder:
             chunk[key] = scalars[:, column].copy()
         chunk["theta_projection"] = projections[:, 0, :].copy()
         chunk["velocity_projection"] = projections[:, 1, :].copy()
-        if self._path is not None:
-            name = f"chunk_{chunk['step'][0]:012d}.npz"
-            _atomic_write(self._path / name, lambda stream: np.savez(stream, **chunk))
+        if self._writer is not None:
+            self._writer.write_chunk(chunk)
         self._host.append(chunk)
         self._steps = []
         self._scalars.fill_(math.nan)
@@ -513,3 +471,10 @@ class TrajectoryRecorder:
         else:
             self._closed = True
         return False
+
+
+def _save_vector(path, vector):
+    """A parameter vector as ``.npz`` in float64 (exact for every floating dtype up to
+    float64, bfloat16 included, which NumPy cannot hold), written atomically."""
+    array = vector.detach().to(torch.float64).cpu().numpy()
+    _atomic_write(path, lambda stream: np.savez(stream, vector=array))

@@ -249,7 +249,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
         with TrajectoryRecorder(optimizer, path=tmp_path / "run", **settings) as recorder:
             run_steps(model, optimizer, recorder, batches, 1, 23, checkpoints, fail_at=11)
     names = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert names == ["chunk_000000000001.npz", "chunk_000000000005.npz", "meta.json", "start.pt"]
+    assert names == ["chunk_000000000001.npz", "chunk_000000000005.npz", "manifest.json",
+                     "reference.npz", "start.npz"]
     assert load_trajectory(tmp_path / "run")["step"].tolist() == list(range(1, 9))
 
     # resume from the checkpoint at the last step on disk, with a fresh model and optimizer
@@ -280,8 +281,8 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
         run_steps(model, optimizer, recorder, batches, 4, 6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_000000000001.npz", "meta.json",
-                                                          "start.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chunk_000000000001.npz",
+                                                          "manifest.json", "start.npz"]
     assert load_trajectory(tmp_path)["step"].tolist() == [1, 2, 3]
 
 
