@@ -355,6 +355,45 @@ def _build() -> Mapping[str, Derivation]:
         description=r"with $1 - \beta = \epsilon x$ and $\eta h = \epsilon^2 y$, the recursion's generator tends to the SDE's (per step)",
         where=((x_sym, (1 - beta) / epsilon), (y_sym, eta * h_sym / epsilon**2)),
     ))
+    # --- real minibatch noise (docs/theory.md section 7) ------------------------------------
+    from . import minibatch as mbn
+
+    section7 = "beyond the paper: docs/theory.md section 7"
+    add(Derivation(
+        name="minibatch_batch_factor", lhs=mbn.c_S, rhs=mbn.batch_factor_without_replacement,
+        reference=section7,
+        description=r"factor $c_S$ in $\mathrm{Cov}(\mathrm{vec}\,g_B\mid\theta) = c_S\Sigma(\theta)$ for $S$ of $N$ samples drawn without replacement ($c_S = 1/S$ with replacement)",
+    ))
+    add(Derivation(
+        name="minibatch_noise_variance", lhs=_name(r"\mathrm{Var}(g_B \mid \theta)"),
+        rhs=mbn.noise_variance_mode, reference=section7,
+        description=r"real minibatch noise of one mode, quadratic in $a = \theta - \mu$ ($m_4$, $m_{3r}$, $m_{2r}$: moments of the data and of the residuals at $\mu$)",
+    ))
+    add(Derivation(
+        name="minibatch_moment_recursion", lhs=_mat("P_{k+1}", 2 * n, 2 * n),
+        rhs=mbn.moment_recursion, reference=section7,
+        description=r"closed recursion of the second moments of $(\theta_k - \mu, v_k)$, exact because the noise's conditional covariance is quadratic in $\theta$",
+    ))
+    add(Derivation(
+        name="minibatch_cross_mode_stein", lhs=_mat("S_{lm}"), rhs=mbn.cross_mode_stein,
+        display=sp.MatMul(1 / _name("D_{lm}"), mbn.cross_mode_numerator, evaluate=False),
+        where=((_name("D_{lm}"), mbn.cross_mode_denominator),), reference=section7,
+        description=r"solution of $S = M_l S M_m^\top + GG^\top$ for two modes; the stationary covariance of modes $p = (j, l)$, $q = (k, m)$ is $\Xi_{pq} S_{lm}$",
+    ))
+    add(Derivation(
+        name="minibatch_closure", lhs=None, rhs=mbn.closure_equation, reference=section7,
+        description=r"mode-diagonal closure: position variance of mode $(j, l)$ from the section-6 variance per unit noise and the noise $A p_j + b_j$, $A = c_S(K - \mathrm{diag}\,\rho^2)$",
+    ))
+    add(Derivation(
+        name="minibatch_divergence_condition", lhs=None, rhs=mbn.divergence_condition,
+        reference=section7,
+        description=r"second moments are finite if and only if the spectral radius $\varrho$ of the stationary moment map is below 1",
+    ))
+    add(Derivation(
+        name="minibatch_single_mode_edge", lhs=_name(r"\eta_{\mathrm{edge}}"),
+        rhs=mbn.single_mode_edge, reference=section7,
+        description=r"one mode alone: the learning rate where $\varrho = 1$, inside the noiseless edge $2(1 + \beta)/\rho$",
+    ))
     return MappingProxyType({item.name: item for item in items})
 
 

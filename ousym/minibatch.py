@@ -31,25 +31,37 @@ import itertools
 
 import sympy as sp
 
-from .symbols import S, beta, eta, rho
+from .symbols import (
+    M_moment,
+    N_samples,
+    P_moment,
+    S,
+    a_mode,
+    beta,
+    c_S,
+    closure_coupling,
+    closure_source,
+    eta,
+    h_l,
+    h_m,
+    m_2r,
+    m_3r,
+    m_4,
+    minibatch_noise_moment,
+    moment_radius,
+    p_mode,
+    rho,
+)
 
 __all__ = [
     "h_l", "h_m", "N_samples", "c_S",
     "M_mode", "G_mode",
     "batch_factor_without_replacement", "batch_factor_with_replacement",
     "noise_covariance_entry", "enumerated_batch_covariance",
-    "cross_mode_stein", "cross_mode_denominator", "moment_recursion",
+    "cross_mode_stein", "cross_mode_numerator", "cross_mode_denominator", "moment_recursion", "noise_variance_mode",
     "closure_equation", "closure_noise", "divergence_condition", "unit_var_a", "unit_var_v",
     "fourth_moment", "single_mode_edge",
 ]
-
-#: Curvatures h_l = rho_l + lambda and h_m = rho_m + lambda of two eigenmodes.
-h_l = sp.Symbol("h_l", nonnegative=True)
-h_m = sp.Symbol("h_m", nonnegative=True)
-#: Number of samples N of the data set.
-N_samples = sp.Symbol("N", integer=True, positive=True)
-#: The batch factor c_S (1/S with replacement, (N - S)/(S (N - 1)) without).
-c_S = sp.Symbol("c_S", positive=True)
 
 
 def M_mode(curvature) -> sp.ImmutableMatrix:
@@ -119,43 +131,34 @@ cross_mode_denominator = ((1 - beta) ** 2 * (1 + beta) * (h_l + h_m)
 
 #: S_lm in closed form: the solution of S = M_l S M_m^T + G G^T (2x2, rows (a, v) of mode l,
 #: columns (a, v) of mode m), written over :data:`cross_mode_denominator`.
-cross_mode_stein = sp.ImmutableMatrix([
+cross_mode_numerator = sp.ImmutableMatrix([
     [eta * (1 - beta ** 2), eta * (h_l - beta * h_m)],
     [eta * (h_m - beta * h_l), (1 - beta) * (h_l + h_m)],
-]) / cross_mode_denominator
+])
+cross_mode_stein = cross_mode_numerator / cross_mode_denominator
 
 
-def _moment_recursion():
-    n = sp.Symbol("n", integer=True, positive=True)
-    P = sp.MatrixSymbol("P_k", 2 * n, 2 * n)
-    Mbig = sp.MatrixSymbol("M", 2 * n, 2 * n)
-    GG = sp.MatrixSymbol(r"G G^{\top} \otimes c_S E[\Sigma(\theta_k)]", 2 * n, 2 * n)
-    return sp.Eq(sp.MatrixSymbol("P_{k+1}", 2 * n, 2 * n), Mbig * P * Mbig.T + GG,
-                 evaluate=False)
+#: The closed second-moment recursion (mean m_k = 0): P_{k+1} = M P_k M^T + G G^T (x) c_S E[Sigma(theta_k)].
+moment_recursion = M_moment * P_moment * M_moment.T + minibatch_noise_moment
 
-
-#: The closed second-moment recursion of the stationary-mean-zero state (m_k = 0).
-moment_recursion = _moment_recursion()
+#: One mode alone (c = d = 1): Var(g_B | theta) = c_S [(m_4 - rho^2) a^2 + 2 m_3r a + m_2r],
+#: quadratic in a = theta - mu (the data moments m_4, m_3r, m_2r of ousym.symbols).
+noise_variance_mode = c_S * ((m_4 - rho ** 2) * a_mode ** 2 + 2 * m_3r * a_mode + m_2r)
 
 #: Section-6 stationary variances per unit noise variance (the diagonal of S_ll): T_a, T_v.
 unit_var_a = sp.factor(cross_mode_stein[0, 0].subs(h_m, h_l))
 unit_var_v = sp.factor(cross_mode_stein[1, 1].subs(h_m, h_l))
 
-_p = sp.Symbol("p_{jl}", nonnegative=True)
-_A = sp.Symbol(r"(A p_j)_l", real=True)
-_b = sp.Symbol("b_{jl}", nonnegative=True)
-
 #: Noise variance of mode (j, l) under the closure: A p_j + b_j (A = c_S (K - diag rho^2)).
-closure_noise = _A + _b
+closure_noise = closure_coupling + closure_source
 #: The mode-diagonal closure: the position variance p_jl = T_a,l (A p_j + b_j)_l.
-closure_equation = sp.Eq(_p, unit_var_a * closure_noise, evaluate=False)
+closure_equation = sp.Eq(p_mode, unit_var_a * closure_noise, evaluate=False)
 
-_radius = sp.Symbol(r"\varrho(\mathcal{L}_{\eta,\beta,\lambda,S})", nonnegative=True)
 #: Second moments are finite iff the spectral radius of the stationary moment map is < 1.
-divergence_condition = sp.StrictLessThan(_radius, 1)
+divergence_condition = sp.StrictLessThan(moment_radius, 1)
 
-#: The fourth moment kappa = (1/N) sum_i x_i^4 of a single input (one mode, c = d = 1).
-fourth_moment = sp.Symbol("kappa", positive=True)
+#: The fourth moment m_4 = (1/N) sum_i x_i^4 of a single input (one mode, c = d = 1).
+fourth_moment = m_4
 #: One mode alone (c = d = 1, lambda = 0): the radius c_S (kappa - rho^2) T_a reaches 1 at
 #: this eta, the noiseless edge 2(1+beta)/rho times (1-beta) rho^2 / ((1-beta) rho^2 + (1+beta) c_S (kappa - rho^2)).
 single_mode_edge = (2 * (1 - beta ** 2) * rho

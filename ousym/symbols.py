@@ -97,3 +97,34 @@ h_sym = sp.Symbol("h", positive=True)
 epsilon = sp.Symbol("epsilon", positive=True)
 x_sym = sp.Symbol("x", positive=True)
 y_sym = sp.Symbol("y", positive=True)
+
+# --- real minibatch noise (docs/theory.md section 7; ousym.minibatch) -----------------------
+__all__ += [
+    "h_l", "h_m", "N_samples", "c_S", "m_4", "m_3r", "m_2r", "p_mode", "closure_coupling",
+    "closure_source", "moment_radius", "P_moment", "M_moment", "minibatch_noise_moment",
+]
+
+#: Curvatures h_l = rho_l + lambda and h_m = rho_m + lambda of two eigenmodes l, m.
+h_l = sp.Symbol("h_l", nonnegative=True)
+h_m = sp.Symbol("h_m", nonnegative=True)
+#: Number of samples N of the data set.
+N_samples = sp.Symbol("N", integer=True, positive=True)
+#: Batch factor: Cov(vec g_B | theta) = c_S Sigma(theta).
+c_S = sp.Symbol("c_S", positive=True)
+#: One mode's data moments: m_4 = (1/N) sum x_i^4, m_3r = (1/N) sum rbar_i x_i^3 - rho gbar,
+#: m_2r = (1/N) sum rbar_i^2 x_i^2 - gbar^2 (rbar_i = mu x_i - y_i, gbar = (1/N) sum rbar_i x_i,
+#: which is -lambda mu at the ridge solution).
+m_4 = sp.Symbol("m_4", positive=True)
+m_3r = sp.Symbol("m_{3r}", real=True)
+m_2r = sp.Symbol("m_{2r}", nonnegative=True)
+#: Closure: position variance p_jl of mode (j, l), the coupling (A p_j)_l, the source b_jl.
+p_mode = sp.Symbol("p_{jl}", nonnegative=True)
+closure_coupling = sp.Symbol(r"(A p_j)_l", nonnegative=True)
+closure_source = sp.Symbol("b_{jl}", nonnegative=True)
+#: Spectral radius of the stationary moment map.
+moment_radius = sp.Symbol(r"\varrho", nonnegative=True)
+#: The second moments P_k of z_k = (theta_k - mu, v_k), the one-step matrix M of all modes, and
+#: the noise term G G^T (x) c_S E[Sigma(theta_k)] (2n x 2n).
+P_moment = sp.MatrixSymbol("P_k", 2 * n, 2 * n)
+M_moment = sp.MatrixSymbol("M", 2 * n, 2 * n)
+minibatch_noise_moment = sp.MatrixSymbol(r"G G^{\top} \otimes c_S E[\Sigma(\theta_k)]", 2 * n, 2 * n)

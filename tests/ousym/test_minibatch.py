@@ -85,3 +85,19 @@ def test_single_mode_divergence_edge_in_closed_form():
     ratio = sp.simplify(mb.single_mode_edge / (2 * (1 + beta) / rho))
     assert sp.simplify(ratio - (1 - beta) * rho**2 / ((1 - beta) * rho**2 + (1 + beta) * mb.c_S
                                                       * (mb.fourth_moment - rho**2))) == 0
+
+
+def test_one_mode_noise_variance_is_quadratic_with_the_stated_moments():
+    n = 3
+    x = sp.Matrix(n, 1, sp.symbols("x0:3", real=True))
+    rbar = sp.Matrix(n, 1, sp.symbols("r0:3", real=True))
+    a = sp.Symbol("a", real=True)
+    entry = mb.noise_covariance_entry(sp.Matrix([[a]]), x, rbar, 0, 0, 0, 0)
+    mean = lambda f: sum(f(i) for i in range(n)) / n  # noqa: E731
+    rho_value = mean(lambda i: x[i] ** 2)
+    gbar = mean(lambda i: rbar[i] * x[i])
+    moments = {mb.m_4: mean(lambda i: x[i] ** 4),
+               mb.m_3r: mean(lambda i: rbar[i] * x[i] ** 3) - rho_value * gbar,
+               mb.m_2r: mean(lambda i: rbar[i] ** 2 * x[i] ** 2) - gbar ** 2,
+               rho: rho_value, mb.c_S: 1, mb.a_mode: a}
+    assert sp.expand(mb.noise_variance_mode.subs(moments) - entry) == 0
