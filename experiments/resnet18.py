@@ -203,8 +203,8 @@ class ResNetConfig:
         need(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"), "device",
              self.device, "cpu or cuda")
         need(self.dtype in ("float32", "float64"), "dtype", self.dtype, "float32 or float64")
-        need(all(1 <= s <= self.steps for s in self.snapshot_steps), "snapshot_steps",
-             self.snapshot_steps, f"steps in [1, {self.steps}]")
+        need(all(0 <= s <= self.steps for s in self.snapshot_steps), "snapshot_steps",
+             self.snapshot_steps, f"steps in [0, {self.steps}]")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device must be cpu on this machine (no CUDA device), but got "
                              f"{self.device!r}")
@@ -752,9 +752,9 @@ def load_run_trajectory(out_dir) -> dict:
     out = {key: np.asarray(main[key]) for key in
            ("local_displacement_sq", "global_displacement_sq", "loss", "theta_projection",
             "velocity_projection")}
-    out["step"] = np.asarray(main["step"] if "step" in main else main["steps"])
+    out["step"] = np.asarray(main["step"])
     window = numeric.load_trajectory(out_dir / "window")
-    out["window_step"] = np.asarray(window["step"] if "step" in window else window["steps"])
+    out["window_step"] = np.asarray(window["step"])
     out["window_displacement_sq"] = np.asarray(window["global_displacement_sq"])
     files = sorted((out_dir / "extras").glob("extras_*.npz"))
     parts = [_load_npz(f) for f in files]
@@ -814,6 +814,8 @@ def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dic
     tracker = _ScaleInvariantTracker(model, start_flat=start_flat)
     _save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
     snapshots = set(config.snapshot_steps)
+    if step == 0 and 0 in snapshots:
+        _save_torch(folders["snapshots"] / "step_0.pt", start_flat.cpu())
     steps = _progress(range(step, config.steps), enabled=progress, desc="resumed SGD",
                       total=config.steps, initial=step)
     for k in steps:
