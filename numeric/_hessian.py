@@ -34,8 +34,8 @@ For linear regression the Hessian is known exactly (:func:`linear_regression_hes
 
 Data sharded across processes (``torch.distributed``): with ``distributed=True`` (the default
 process group) or ``distributed=<a process group>``, each rank's ``batches`` are its shard of
-the data and every product is all-reduced: :math:`H v = \sum_r \sum_{b \in r} n_b H_b v /
-\sum_r \sum_{b \in r} n_b`, the operator of the union of the shards. The reduction is
+the data and every product is all-reduced: :math:`H v = \\sum_r \\sum_{b \\in r} n_b H_b v /
+\\sum_r \\sum_{b \\in r} n_b`, the operator of the union of the shards. The reduction is
 explicit because ``torch.autograd.grad`` does not fire DistributedDataParallel's hooks (pass
 the module itself, not its DDP wrapper). Every rank must make the same calls with the same
 arguments (seeds, generators), so random probes and Krylov bases agree across ranks; the
