@@ -45,6 +45,13 @@ __all__ = [
     "compare_equipartition",
     "compare_noise_covariance",
     "ou_2d_example",
+    "Hyperparameters",
+    "mean_trajectory_comparison",
+    "stationary_speed_comparison",
+    "velocity_correlation_comparison",
+    "global_displacement_comparison",
+    "equipartition_comparison",
+    "noise_covariance_comparison",
 ]
 
 
@@ -385,9 +392,13 @@ def compare_noise_covariance(problem, directions, rho, b, *, eta, beta, batch_si
     theory (where ``Var_ss(v_l)`` is linear in the mode's noise variance). Sigma is measured
     at ``mu``; at stationarity SGD sits around mu, where Sigma(theta) is larger.
     """
-    rho = np.asarray(rho, dtype=np.float64)
-    lam = problem.lam
     sigma_proj = projected_noise_covariance(problem.X, problem.Y, problem.mu, directions)
+    return _noise_rows(rho, sigma_proj, b, eta=eta, beta=beta, lam=problem.lam,
+                       batch_size=batch_size, sigma2=sigma2, label=label)
+
+
+def _noise_rows(rho, sigma_proj, b, *, eta, beta, lam, batch_size, sigma2, label):
+    rho = np.asarray(rho, dtype=np.float64)
     assumed = sigma2 * rho
     per_seed_var = np.asarray(b).var(axis=0)  # (seeds, m): time variance per seed
     total_var, total_err = _mean_and_error(per_seed_var.sum(-1))
@@ -462,3 +473,217 @@ def ou_2d_example(*, num_paths: int = 200, num_steps: int = 2000, dt: float = 0.
     return comparison, {"H": H, "D": D, "U": np.asarray(decomposition.U),
                         "Q": np.asarray(decomposition.Q), "B": B, "path": paths[:, 0],
                         "dt": dt}
+
+
+# --- the comparisons as functions of (trajectory, spectrum, hyperparameters, noise model) ----
+#
+# The same rows as above, for any experiment that records a trajectory in the on-disk format
+# (numeric.load_trajectory: arrays with the time axis first, then the seeds or ranks axis) and
+# measures a numeric.Spectrum (top-k eigenpairs plus a bulk, possibly partial). Sums over
+# modes are predicted from the spectrum (numeric.predicted_speed, predicted_global_displacement,
+# predicted_exponent); per-mode quantities from its top eigenvalues. Column j of the recorded
+# projections is the spectrum's eigenpair ``trajectory.manifest["modes"][j]`` (default j).
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Learning rate ``eta``, momentum ``beta``, weight decay ``lam`` and the *effective* batch
+    size ``batch_size`` of the predictions (THEORY section 2)."""
+
+    eta: float
+    beta: float
+    batch_size: float
+    lam: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, *, batch_size=None) -> "Hyperparameters":
+        """From a trajectory manifest (``eta``, ``beta``, ``lam``, ``S``); ``batch_size``
+        overrides ``S`` (e.g. the effective batch size of sampling without replacement)."""
+        S = manifest.get("S") if batch_size is None else batch_size
+        if S is None:
+            raise ValueError("the manifest has no batch size S: pass batch_size=")
+        return cls(eta=float(manifest["eta"]), beta=float(manifest["beta"]),
+                   batch_size=float(S), lam=float(manifest.get("lam") or 0.0))
+
+    def kernel_arguments(self) -> dict:
+        return dict(eta=self.eta, beta=self.beta, lam=self.lam, S=self.batch_size)
+
+
+def _window_rows(trajectory, window_start):
+    steps = np.asarray(trajectory.steps)
+    return steps >= window_start, steps
+
+
+def _columns(trajectory, spectrum, modes):
+    """Indices of the recorded projection columns holding the spectrum's eigenpairs
+    ``modes`` (default: every recorded column), those eigenpairs' indices, and their
+    eigenvalues."""
+    recorded = list(trajectory.manifest.get("modes") or range(
+        np.asarray(trajectory.velocity_projection).shape[-1]))
+    modes = recorded if modes is None else [int(m) for m in np.atleast_1d(modes)]
+    missing = [m for m in modes if m not in recorded]
+    if missing:
+        raise ValueError(f"modes {missing} were not recorded; the trajectory holds the "
+                         f"spectrum's eigenpairs {recorded}")
+    return [recorded.index(m) for m in modes], modes, spectrum.eigenvalues[modes]
+
+
+def _spectrum_of(spectrum):
+    """A numeric.Spectrum, or an exact one built from an array of eigenvalues."""
+    if isinstance(spectrum, numeric.Spectrum):
+        return spectrum
+    rho = np.sort(np.asarray(spectrum, dtype=np.float64))[::-1]
+    return numeric.Spectrum(eigenvalues=np.zeros(0), eigenvectors=None, residuals=None,
+                            bulk_nodes=rho, bulk_weights=np.ones(rho.size), bulk_method="exact",
+                            trace=float(rho.sum()), trace_stderr=0.0,
+                            num_parameters=max(1, rho.size))
+
+
+def mean_trajectory_comparison(trajectory, spectrum, hyper: Hyperparameters, noise, *, a0,
+                               modes=None, model="discrete", label=""):
+    r""":func:`compare_mean_trajectory` on a recorded trajectory: ``theta_projection`` (its
+    reference is the minimum, ``(R, seeds, m)``) against the mean trajectory of the
+    spectrum's eigenvalues ``modes`` from ``(a0, 0)``; the confidence band uses the noise
+    model's per-mode variance :math:`\sigma^2_l\rho_l`."""
+    columns, index, rho = _columns(trajectory, spectrum, modes)
+    noise_var = noise.mode_sigma2(spectrum)[index] * rho
+    recorded = _Recorded(np.asarray(trajectory.steps),
+                         np.asarray(trajectory.theta_projection)[..., columns],
+                         np.asarray(trajectory.velocity_projection)[..., columns])
+    return compare_mean_trajectory(recorded, rho, a0, eta=hyper.eta, beta=hyper.beta,
+                                   lam=hyper.lam, batch_size=hyper.batch_size,
+                                   noise_var=noise_var, model=model, label=label)
+
+
+@dataclass
+class _Recorded:
+    steps: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+
+def stationary_speed_comparison(trajectory, spectrum, hyper: Hyperparameters, noise, *,
+                                window_start=0, label="") -> Comparison:
+    r"""Stationary ``E||delta||^2`` (eq. 12): the recorded ``local_displacement_sq`` from
+    ``window_start`` on (``(R, seeds)``; seed mean of time averages, standard error across
+    seeds) against :func:`numeric.predicted_speed` of the spectrum, exact discrete theory in
+    the table and the SDE in ``details``. Modes with ``rho <= 0`` are left out (their
+    number in ``details["excluded_modes"]``)."""
+    spectrum = _spectrum_of(spectrum)
+    window, _ = _window_rows(trajectory, window_start)
+    measured, error = _mean_and_error(np.asarray(trajectory.local_displacement_sq)[window]
+                                      .mean(0))
+    kwargs = hyper.kernel_arguments() | {"noise": noise}
+    discrete = numeric.predicted_speed(spectrum, model="discrete", **kwargs)
+    sde = numeric.predicted_speed(spectrum, model="sde", **kwargs)
+    eta, beta = hyper.eta, hyper.beta
+    edge = 2 * (1 + beta) / (spectrum.nodes().max() + hyper.lam)
+    return Comparison(
+        f"stationary E||delta||^2{label}, eta={eta:.3g} ({eta / edge:.0%} of edge)",
+        float(discrete), float(measured), float(error),
+        {"sde": float(sde), "z_sde": float((measured - float(sde)) / error) if error else None,
+         "eta": eta, "stability_edge_eta": float(edge),
+         "excluded_modes": discrete.excluded_weight,
+         "prediction_stderr": discrete.standard_error})
+
+
+def velocity_correlation_comparison(trajectory, spectrum, hyper: Hyperparameters, noise=None,
+                                    *, modes=None, window_start=0, max_lag, model="discrete",
+                                    label=""):
+    """:func:`compare_velocity_correlation` on the recorded ``velocity_projection`` from
+    ``window_start`` on, for the spectrum's eigenpairs ``modes`` (the normalised correlation
+    does not depend on the noise model)."""
+    columns, _, rho = _columns(trajectory, spectrum, modes)
+    window, steps = _window_rows(trajectory, window_start)
+    spacing = np.diff(steps[window])
+    record_every = int(spacing[0]) if spacing.size else 1
+    if spacing.size and np.any(spacing != record_every):
+        raise ValueError("velocity_correlation_comparison needs equally spaced records")
+    b = np.asarray(trajectory.velocity_projection)[window][..., columns]
+    return compare_velocity_correlation(b, rho, eta=hyper.eta, beta=hyper.beta, lam=hyper.lam,
+                                        max_lag=max_lag, record_every=record_every,
+                                        model=model, label=label)
+
+
+def global_displacement_comparison(trajectory, spectrum, hyper: Hyperparameters, noise, *,
+                                   window_start=0, window=2 / 3, model="discrete", label=""):
+    r"""``E||Delta_k||^2`` from a stationary start (eq. 13): the recorded
+    ``global_displacement_sq`` (its reference is the state at ``window_start``, ``(R,
+    seeds)``) at lags ``k = step - window_start > 0`` against
+    :func:`numeric.predicted_global_displacement` of the spectrum (top-k plus bulk, weighted
+    by the noise model). Two rows: the value at the last lag, and the exponent c of
+    :func:`numeric.fit_power_law` on the seed-mean curve against the exponent fitted to the
+    predicted curve on the same points. Returns ``(rows, curves)``."""
+    spectrum = _spectrum_of(spectrum)
+    window_rows, steps = _window_rows(trajectory, window_start)
+    lags = (steps[window_rows] - window_start).astype(np.float64)
+    global_sq = np.asarray(trajectory.global_displacement_sq)[window_rows]
+    keep = lags > 0
+    lags, global_sq = lags[keep], global_sq[keep]
+    mean, error = _mean_and_error(global_sq)
+    kwargs = hyper.kernel_arguments() | {"noise": noise}
+    predicted = numeric.predicted_global_displacement(spectrum, lags, model=model, **kwargs)
+    sde = numeric.predicted_global_displacement(spectrum, lags, model="sde", **kwargs)
+    fit_measured = numeric.fit_power_law(lags, mean, window=window,
+                                         rng=np.random.default_rng(0))
+    fit_predicted = numeric.fit_power_law(lags, predicted.value, window=window,
+                                          rng=np.random.default_rng(0))
+    rows = [
+        Comparison(f"E||Delta_k||^2{label} at k={int(lags[-1])}", float(predicted.value[-1]),
+                   float(mean[-1]), float(error[-1]),
+                   {"model": model, "sde": float(sde.value[-1]),
+                    "excluded_modes": predicted.excluded_weight,
+                    "prediction_stderr": float(np.asarray(predicted.standard_error)[-1])}),
+        Comparison(f"E||Delta_k||^2{label} exponent c (last {window:.2g} of k)",
+                   float(fit_predicted.exponent), float(fit_measured.exponent),
+                   float(fit_measured.standard_error),
+                   {"ci_measured": [fit_measured.ci_low, fit_measured.ci_high],
+                    "window": window}),
+    ]
+    curves = {"steps": lags, "measured": mean, "stderr": error, "predicted": predicted.value,
+              "predicted_sde": sde.value, "fit_measured": tuple(fit_measured),
+              "fit_predicted": tuple(fit_predicted)}
+    return rows, curves
+
+
+def equipartition_comparison(trajectory, spectrum, hyper: Hyperparameters, noise=None, *,
+                             window_start=0, modes=None, source="projections", label=""):
+    r"""Equipartition (G.3) on a recorded trajectory, from ``window_start`` on.
+
+    ``source="projections"``: the potential :math:`\sum_l (\rho_l+\lambda) a_l^2 / 2` and
+    :math:`\sum_l b_l^2` over the recorded modes (``theta_projection`` about the minimum and
+    ``velocity_projection``); ``source="loss"``: the recorded ``excess_loss`` (rows where it
+    is finite) against :math:`\|v\|^2 = \|\delta\|^2/\eta^2` of the same rows, all modes.
+    See :func:`compare_equipartition`."""
+    window, _ = _window_rows(trajectory, window_start)
+    if source == "projections":
+        columns, _, rho = _columns(trajectory, spectrum, modes)
+        a = np.asarray(trajectory.theta_projection)[window][..., columns]
+        b = np.asarray(trajectory.velocity_projection)[window][..., columns]
+        potential = 0.5 * (a ** 2 * (rho + hyper.lam)).sum(-1)
+        velocity_sq = (b ** 2).sum(-1)
+    elif source == "loss":
+        excess = np.asarray(trajectory.excess_loss)
+        rows = window & np.all(np.isfinite(excess), axis=tuple(range(1, excess.ndim)))
+        potential = excess[rows]
+        velocity_sq = np.asarray(trajectory.local_displacement_sq)[rows] / hyper.eta ** 2
+    else:
+        raise ValueError(f"source must be 'projections' or 'loss', but got {source!r}")
+    return compare_equipartition(potential, velocity_sq, eta=hyper.eta, beta=hyper.beta,
+                                 label=label)
+
+
+def noise_covariance_comparison(trajectory, spectrum, hyper: Hyperparameters, noise, *,
+                                projected_covariance, modes=None, window_start=0, label=""):
+    r"""How well Assumption 5 holds on the top modes, and their velocity variances predicted
+    with ``noise`` (an :class:`numeric.IsotropicNoise`, :math:`\sigma^2 H`) and with the
+    measured ``projected_covariance`` :math:`Q\Sigma Q^\top` on the recorded eigenpairs
+    (SDE through the general Lyapunov route, and exact discrete per mode), against the
+    recorded ``velocity_projection`` from ``window_start`` on. Same rows as
+    :func:`compare_noise_covariance`."""
+    columns, _, rho = _columns(trajectory, spectrum, modes)
+    window, _ = _window_rows(trajectory, window_start)
+    b = np.asarray(trajectory.velocity_projection)[window][..., columns]
+    sigma_proj = np.asarray(projected_covariance, dtype=np.float64)[np.ix_(columns, columns)]
+    return _noise_rows(rho, sigma_proj, b, eta=hyper.eta, beta=hyper.beta, lam=hyper.lam,
+                       batch_size=hyper.batch_size, sigma2=noise.sigma2, label=label)

@@ -14,6 +14,12 @@ finishes (a killed run keeps what it had):
 
 Then ``summary.json`` (settings, seeds, package versions, the comparison rows),
 ``report.md`` and the PNG figures (:mod:`experiments.figures`).
+
+Every run is also written to ``trajectories/<phase>/`` in the trajectory format of
+:func:`numeric.load_trajectory` (seeds as the second axis), and the comparisons read only that,
+the exact :class:`numeric.Spectrum` (top ``num_directions`` eigenpairs plus the exact bulk),
+the hyperparameters and a noise model (:mod:`experiments.compare`, second half): the same
+functions a network experiment calls with a partial spectrum.
 """
 
 from __future__ import annotations
@@ -154,6 +160,34 @@ def _finite(x) -> bool:
     return bool(np.all(np.isfinite(x)))
 
 
+def _write_trajectory(path: Path, run, *, problem, directions, modes, window_start,
+                      effective_batch_size):
+    """One run of :func:`experiments.linreg.run_sgd` in the trajectory format (seeds as the
+    second axis), read back lazily. ``theta_projection`` is about the minimum ``mu``;
+    ``global_displacement_sq`` about the state at ``displacement_from``; ``excess_loss`` is
+    NaN at steps where it was not computed. A folder left by an earlier run is replaced."""
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    settings = run.settings
+    excess = np.full(run.local_sq.shape, np.nan)
+    if run.loss_steps.size:
+        excess[np.searchsorted(run.steps, run.loss_steps)] = run.excess_loss
+    arrays = {"step": run.steps, "local_displacement_sq": run.local_sq,
+              "global_displacement_sq": run.global_sq, "theta_projection": run.a,
+              "velocity_projection": run.b, "excess_loss": excess}
+    manifest = numeric.trajectory_manifest(
+        eta=settings["eta"], beta=settings["beta"], lam=settings["lam"],
+        S=settings["batch_size"], settings=settings | {
+            "effective_batch_size": effective_batch_size, "window_start": window_start},
+        dtype="float64", directions=directions, reference=problem.mu,
+        axis={"name": "seeds", "size": settings["num_seeds"], "stream_seed": settings["seed"]},
+        arrays=[key for key in arrays if key != "step"],
+        modes=None if modes is None else [int(m) for m in modes], kind="linreg")
+    return numeric.load_trajectory(numeric.write_trajectory(path, arrays, manifest=manifest))
+
+
 def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
                log=print) -> dict:
     """Run the whole experiment, write its outputs to ``out_dir`` and return the summary.
@@ -170,8 +204,11 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
     n, d = data.X.shape
     c = data.num_outputs
     m = min(config.num_directions, c * d)
-    eig = numeric.linear_regression_eigenpairs(data.X, m, num_outputs=c)
-    directions, rho_top = np.asarray(eig.eigenvectors), np.asarray(eig.eigenvalues)
+    # The exact spectrum as the shared type: top m eigenpairs (the recorded directions) and
+    # the rest as an exact bulk; the comparisons read only it, the trajectories on disk and
+    # the hyperparameters.
+    top_spectrum = numeric.spectrum_from_least_squares(data.X, num_outputs=c, k=m)
+    directions, rho_top = np.asarray(top_spectrum.eigenvectors), top_spectrum.eigenvalues
     spectrum = problem.spectrum
     S_eff = effective_batch_size(config.batch_size, n, config.noise)
     lam, beta = config.lam, config.beta
@@ -190,6 +227,10 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
         sigma2 = float(sigma2_trace)
         mode_noise = np.diag(sigma_top).copy()
     run_sigma2 = sigma2 if config.noise == "gaussian" else None
+    isotropic = numeric.IsotropicNoise(sigma2)
+    # the top modes' own noise variances where the noise is measured, Assumption 5 elsewhere
+    mode_noise_model = isotropic if config.noise == "gaussian" else numeric.PerModeNoise(
+        mode_noise, sigma2)
 
     h_max = float(spectrum.max() + lam)
     eta = config.eta if config.eta is not None else config.eta_fraction * stability_edge(
@@ -202,6 +243,14 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
     common = dict(batch_size=config.batch_size, noise=config.noise, sigma2=run_sigma2,
                   backend=config.backend, device=config.device, progress=progress)
     rows, curves, arrays_written = [], {}, []
+    hyper = compare.Hyperparameters(eta=eta, beta=beta, batch_size=S_eff, lam=lam)
+
+    def write_run(name, run, *, modes=None, window_start=0):
+        return _write_trajectory(out_dir / "trajectories" / name, run, problem=problem,
+                                 directions=directions if modes is None else directions[modes],
+                                 modes=modes, window_start=window_start,
+                                 effective_batch_size=effective_batch_size(
+                                     run.settings["batch_size"], n, run.settings["noise"]))
     log(f"[linreg] {config.dataset}: N={n}, d={d}, c={c}, eta={eta:.4g}, beta={beta}, "
         f"S={config.batch_size} (effective {S_eff:.4g}), sigma^2={sigma2:.4g}, "
         f"{config.seeds} seeds -> {out_dir}")
@@ -227,27 +276,23 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
     distinct = np.sort(distinct)[:3]
     b_win = traj.b[window]
     max_lag = int(min(5 * (1 + beta) / (1 - beta), b_win.shape[0] // 4))
-    row, curves["velocity"] = compare.compare_velocity_correlation(
-        b_win[:, :, distinct], rho_top[distinct], eta=eta, beta=beta, lam=lam, max_lag=max_lag)
+    stationary = write_run("stationary", traj, window_start=burn_in)
+    on_disk = dict(spectrum=top_spectrum, hyper=hyper, window_start=burn_in)
+    row, curves["velocity"] = compare.velocity_correlation_comparison(
+        stationary, modes=distinct, max_lag=max_lag, **on_disk)
     rows.append(row)
     lag_steps = traj.steps[window] - burn_in
-    disp_rows, curves["displacement"] = compare.compare_global_displacement(
-        traj.global_sq[window], lag_steps, spectrum, eta=eta, beta=beta, lam=lam,
-        batch_size=S_eff, sigma2=sigma2)
+    disp_rows, curves["displacement"] = compare.global_displacement_comparison(
+        stationary, noise=isotropic, **on_disk)
     rows.extend(disp_rows)
     # Equipartition on the recorded top modes (relaxed within the burn-in) and in full.
-    a_win = traj.a[window]
-    potential_top = 0.5 * (a_win ** 2 * (rho_top + lam)).sum(-1)
-    vsq_top = (b_win ** 2).sum(-1)
-    rows.append(compare.compare_equipartition(potential_top, vsq_top, eta=eta, beta=beta,
-                                              label=f" (top {m} modes)"))
+    rows.append(compare.equipartition_comparison(stationary, source="projections",
+                                                 label=f" (top {m} modes)", **on_disk))
     if config.loss_every:
-        rows.append(compare.compare_equipartition(
-            traj.excess_loss[loss_window], traj.velocity_sq_at_loss[loss_window], eta=eta,
-            beta=beta, label=" (all modes)"))
-    noise_rows, curves["noise"] = compare.compare_noise_covariance(
-        problem, directions, rho_top, b_win, eta=eta, beta=beta, batch_size=S_eff,
-        sigma2=sigma2)
+        rows.append(compare.equipartition_comparison(stationary, source="loss",
+                                                     label=" (all modes)", **on_disk))
+    noise_rows, curves["noise"] = compare.noise_covariance_comparison(
+        stationary, noise=isotropic, projected_covariance=sigma_top, **on_disk)
     noise_rows[0].details.update(relative_mismatch=fit.relative_mismatch,
                                  sigma2_fit_top_subspace=fit.sigma2,
                                  sigma2_trace=sigma2_trace)
@@ -287,9 +332,10 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
                      num_seeds=config.seeds, seed=config.seed + 2, theta0=theta0,
                      directions=directions[distinct], **common)
         transient_arrays |= tr.arrays(prefix=f"beta{beta_t:g}_") | {f"beta{beta_t:g}_a0": a0}
-        row, curves["mean"][beta_t] = compare.compare_mean_trajectory(
-            tr, rho_top[distinct], a0[distinct], eta=eta_t, beta=beta_t, lam=lam,
-            batch_size=S_eff, noise_var=mode_noise[distinct], label=f" beta={beta_t:g} eta={eta_t:.3g}")
+        row, curves["mean"][beta_t] = compare.mean_trajectory_comparison(
+            write_run(f"transient_beta{beta_t:g}", tr, modes=distinct), top_spectrum,
+            dataclasses.replace(hyper, eta=eta_t, beta=beta_t), mode_noise_model,
+            a0=a0[distinct], modes=distinct, label=f" beta={beta_t:g} eta={eta_t:.3g}")
         rows.append(row)
     arrays_written.append(_save(out_dir, "transient.npz", transient_arrays))
 
@@ -320,9 +366,11 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
                 log(f"[linreg] {sweep_noise} eta={eta_f:.4g} diverged (state-dependent "
                     "minibatch noise); larger eta left out of the sweep")
                 break
-            row = compare.compare_stationary_speed(
-                local, spectrum, eta=eta_f, beta=beta, lam=lam, batch_size=S_sweep,
-                sigma2=sigma2, label=f" [{sweep_noise}]")
+            row = compare.stationary_speed_comparison(
+                write_run(f"sweep_{sweep_noise}_{fraction:g}", tr, window_start=burn),
+                top_spectrum, compare.Hyperparameters(eta=eta_f, beta=beta,
+                                                      batch_size=S_sweep, lam=lam),
+                isotropic, window_start=burn, label=f" [{sweep_noise}]")
             rows.append(row)
             if sweep_noise == "minibatch" and minibatch is not None and eta_f < minibatch.edge:
                 rows.append(minibatch_rows.speed_row(local, minibatch, eta=eta_f,

@@ -29,7 +29,8 @@ _TORCH_MODULES = {
                   "linear_regression_hessian", "power_iteration_eigenpairs"],
     "._recorder": ["TrajectoryRecorder"],
     "._trajectory": ["Trajectory", "TrajectoryMismatchError", "TrajectoryWriter",
-                     "load_trajectory", "truncate_trajectory", "write_trajectory"],
+                     "array_digest", "load_trajectory", "trajectory_manifest",
+                     "truncate_trajectory", "write_trajectory"],
     # partial spectra and the predictions from them (torch only inside the builders)
     "._spectrum": ["Spectrum", "LanczosQuadrature", "IsotropicNoise", "PerModeNoise",
                    "Prediction", "stochastic_lanczos_quadrature", "spectrum_from_model",

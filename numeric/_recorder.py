@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._spectrum import atomic_write as _atomic_write
-from ._trajectory import TrajectoryWriter, load_trajectory, manifest_fields
+from ._trajectory import TrajectoryWriter, load_trajectory, trajectory_manifest
 
 __all__ = ["TrajectoryRecorder", "load_trajectory"]
 
@@ -276,7 +276,7 @@ class TrajectoryRecorder:
             return values[0] if len(set(values)) == 1 else values
 
         settings = dict(settings or {})
-        return manifest_fields(
+        return trajectory_manifest(
             eta=per_group(lambda g: float(g.get("initial_lr", g["lr"]))),
             beta=per_group(lambda g: float(g.get("momentum", 0.0))),
             lam=per_group(lambda g: float(g.get("weight_decay", 0.0))),

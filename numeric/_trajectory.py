@@ -47,6 +47,7 @@ __all__ = [
     "load_trajectory",
     "truncate_trajectory",
     "write_trajectory",
+    "trajectory_manifest",
     "array_digest",
     "package_versions",
 ]
@@ -320,7 +321,7 @@ def load_trajectory(path) -> Trajectory:
     return Trajectory(path)
 
 
-def manifest_fields(*, eta=None, beta=None, lam=None, S=None, settings=None, dtype=None,
+def trajectory_manifest(*, eta=None, beta=None, lam=None, S=None, settings=None, dtype=None,
                     directions=None, reference=None, axis=None, arrays=None,
                     array_shapes=None, **extra: Any) -> dict:
     """The common manifest fields, JSON-ready: hyperparameters, ``settings`` (a dict), the
