@@ -15,6 +15,9 @@ print every sum, scalar or matrix, by one rule instead:
   placed by its first matrix, and factors that are themselves sums do not lead a term;
 * terms of a scalar sum that share an integer factor print as that factor times their sum
   (``2 - 2\beta`` as ``2 (1 - \beta)``);
+* in a product, a sum factor whose terms are all negative prints negated, and one whose
+  constant alone is negative absorbs the product's minus sign (``-x/(\beta - 1)`` as
+  ``x/(1 - \beta)``; ``N - 1`` with no sign to absorb stays as it is);
 * a matrix sum whose terms are all transposes prints as the transpose of the sum.
 
 So :math:`(\theta - \mu)^\top(H + \lambda I)(\theta - \mu)`, :math:`1 + \beta`, :math:`\rho + \lambda` and
@@ -54,8 +57,11 @@ def _is_matrix(expr) -> bool:
 
 
 def _negative_coefficient(coefficient) -> bool:
-    """Whether a scalar coefficient carries a minus sign: its numeric factor is negative
-    (``-lambda``, ``-2 x``; not ``1 - beta``, whose sign is a matter of order)."""
+    """Whether a scalar prints with a minus sign: the numeric factor of its printed form is
+    negative (``-lambda``, ``-2 x``, ``x/(beta - 1)``, which prints as ``-x/(1 - beta)``; not
+    ``1 - beta``, whose sign is a matter of order)."""
+    if coefficient.is_Mul:
+        coefficient = _paper_factors(coefficient)
     return bool(coefficient.as_coeff_Mul()[0].is_negative)
 
 
@@ -137,20 +143,57 @@ def _ordered_sum(terms, *, group_integer_factors: bool) -> list[tuple[bool, sp.B
     return [(negative, term) for negative, _, _, term in items]
 
 
-def _pulled_integer_content(expr):
-    """``expr`` (a product) with the integer content of its sum factors pulled to the front:
-    ``x (2 - 2 beta)`` becomes ``2 x (1 - beta)`` (unevaluated), or ``expr`` itself."""
-    pulled, factors = sp.Integer(1), []
+def _negated_reads_better(total) -> str:
+    """How a scalar sum reads negated: ``"always"`` when every term is negative
+    (``-beta - 1``), ``"to cancel a sign"`` when its constant is negative and every other term
+    positive (``beta - 1``: better as ``-(1 - beta)`` when the product has a minus sign to
+    absorb, but ``N - 1`` stays as it is otherwise), else ``"never"``."""
+    constant, rest = total.as_coeff_Add()
+    others = [_negative_coefficient(term) for term in sp.Add.make_args(rest)]
+    if all(others) and constant <= 0:
+        return "always"
+    if constant.is_negative and not any(others):
+        return "to cancel a sign"
+    return "never"
+
+
+def _paper_factors(expr):
+    """``expr`` (a product) rewritten for printing, or ``expr`` itself: a sum factor that reads
+    better negated is negated (``-x/(beta - 1)`` as ``x/(1 - beta)``, ``x (-beta - 1)`` as
+    ``-x (1 + beta)``) and the integer content of a sum factor joins the numbers in front
+    (``x (2 - 2 beta)`` as ``2 x (1 - beta)``); unevaluated, so the value is unchanged."""
+    coefficient, parts, changed = sp.Integer(1), [], False
     for factor in expr.args:
+        if factor.is_Number:
+            coefficient *= factor
+            continue
         base, exponent = (factor.base, factor.exp) if factor.is_Pow else (factor, sp.Integer(1))
         if base.is_Add and exponent.is_Integer:
-            content, primitive = base.primitive()
-            if content.is_Integer and content > 1:
-                pulled *= content**exponent
-                factors.append(primitive**exponent)
-                continue
-        factors.append(factor)
-    return expr if pulled == 1 else sp.Mul(pulled, *factors, evaluate=False)
+            if _negated_reads_better(base) == "always":
+                base, coefficient, changed = -base, coefficient * (-1) ** exponent, True
+            parts.append([base, exponent])
+        else:
+            parts.append([factor, None])
+    if coefficient.is_negative:  # one sum may absorb the sign: -x/(beta - 1) = x/(1 - beta)
+        for part in parts:
+            base, exponent = part
+            if exponent is not None and exponent % 2 and _negated_reads_better(base) == "to cancel a sign":
+                part[0], coefficient, changed = -base, -coefficient, True
+                break
+    factors = []
+    for base, exponent in parts:
+        if exponent is None:
+            factors.append(base)
+            continue
+        content, primitive = base.primitive()
+        if content.is_Integer and content > 1:
+            base, coefficient, changed = primitive, coefficient * content**exponent, True
+        factors.append(sp.Pow(base, exponent, evaluate=False) if exponent != 1 else base)
+    if not changed:
+        return expr
+    if coefficient == 1:
+        return sp.Mul(*factors, evaluate=False)
+    return sp.Mul(coefficient, *factors, evaluate=False)
 
 
 def _without_sign(expr) -> tuple[bool, list]:
@@ -182,7 +225,7 @@ class PaperLatexPrinter(LatexPrinter):
 
     def _print_Mul(self, expr) -> str:
         # a factor 2 - 2 beta prints as 2 (1 - beta) with the 2 among the numbers in front
-        return super()._print_Mul(_pulled_integer_content(expr))
+        return super()._print_Mul(_paper_factors(expr))
 
     def _print_MatMul(self, expr) -> str:
         negative, args = _without_sign(expr)
@@ -239,7 +282,7 @@ class PaperPrettyPrinter(PrettyPrinter):
     _print_MatAdd = _print_Add
 
     def _print_Mul(self, product):
-        return super()._print_Mul(_pulled_integer_content(product))
+        return super()._print_Mul(_paper_factors(product))
 
     def _print_MatMul(self, expr):
         negative, args = _without_sign(expr)
