@@ -488,7 +488,7 @@ def ou_2d_example(*, num_paths: int = 200, num_steps: int = 2000, dt: float = 0.
 @dataclass(frozen=True)
 class Hyperparameters:
     """Learning rate ``eta``, momentum ``beta``, weight decay ``lam`` and the *effective* batch
-    size ``batch_size`` of the predictions (THEORY section 2)."""
+    size ``batch_size`` of the predictions (docs/theory.md section 2)."""
 
     eta: float
     beta: float
