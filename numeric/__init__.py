@@ -3,6 +3,15 @@
 Array convention for every public function: arguments broadcast against each other; batch
 dimensions lead and matrix dimensions trail; the dtype and device of tensor inputs are kept
 (NumPy arrays and Python floats are computed in float64). This package never imports sympy.
+
+Precision rule of the closed-form kernels (``numeric.kernels``): they always compute in
+float64, whatever the input dtype (float16, bfloat16, float32, float64), the device and the
+route (NumPy kernels for CPU tensors without an autograd graph, torch operations with one or
+on CUDA), and round the result once to the input dtype; gradients flow through the casts. The
+same float32 input therefore gives the float32 rounding of the float64 value, to one ulp, with
+or without ``requires_grad`` and on any device. Reason: the closed forms cancel by up to a
+factor 2/(1 - beta) near critical damping, more than float32 can carry. Only a device without
+float64 (Apple MPS) computes in the input dtype.
 """
 
 from __future__ import annotations
