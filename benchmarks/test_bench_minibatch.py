@@ -22,6 +22,13 @@ from numeric import _minibatch as mb
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The solver's internals run with one BLAS thread, as the public functions do."""
+    with mb._single_threaded_blas():
+        yield
+
 TOL = 1e-10
 
 

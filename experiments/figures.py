@@ -108,9 +108,7 @@ def plot_speed_sweep(cur: dict, path: Path) -> str:
     theory = cur.get("minibatch_theory")
     if theory is not None:
         # real-minibatch theory (docs/theory.md section 7) up to its divergence edge
-        name = "exact" if theory["closure"] == "exact" else "closure"
-        ax.plot(theory["eta"], theory["speed"], "C3", lw=1.2,
-                label=f"real-minibatch theory ({name})")
+        ax.plot(theory["eta"], theory["speed"], "C3", lw=1.2, label="real-minibatch theory")
         sde_curve = np.array([float(numeric.instantaneous_speed(
             cur["spectrum"], eta=e, beta=cur["beta"], lam=cur["lam"],
             S=cur["noises"]["minibatch"]["batch_size"], sigma2=cur["sigma2"], model="sde"))

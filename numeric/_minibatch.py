@@ -40,6 +40,7 @@ does not depend on ``Y``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -206,6 +207,19 @@ def _batch_factor(batch_size, num_samples, replacement):
     if replacement:
         return 1.0 / batch_size
     return (num_samples - batch_size) / (batch_size * (num_samples - 1))
+
+
+def _single_threaded_blas():
+    """One BLAS thread for the solver. Its products are skinny (N x d times d x d, or d x d
+    matrix-vector in Lanczos), and multithreaded BLAS spin-waits collapse when the cores are
+    shared: on a loaded 2-core machine one operator application on digits took 170 ms with the
+    default threads and 7 ms with one. threadpoolctl ships with scikit-learn; without it the
+    BLAS default is kept."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -483,6 +497,13 @@ def minibatch_moments(X, Y, *, eta, beta, lam=0.0, batch_size, replacement=False
             out of range, an unknown closure, and when the spectral radius of the moment map
             is >= 1 (the message gives the edge).
     """
+    with _single_threaded_blas():
+        return _minibatch_moments(X, Y, eta=eta, beta=beta, lam=lam, batch_size=batch_size,
+                                  replacement=replacement, closure=closure, tol=tol)
+
+
+def _minibatch_moments(X, Y, *, eta, beta, lam, batch_size, replacement, closure,
+                       tol) -> MinibatchMoments:
     X, Y = _prepare_inputs(X, Y)
     n = X.shape[0]
     _check_hyper(eta, beta, lam, batch_size, n, replacement, closure)
@@ -491,8 +512,8 @@ def minibatch_moments(X, Y, *, eta, beta, lam=0.0, batch_size, replacement=False
     mmap = _MomentMap(data, eta=float(eta), beta=float(beta), lam=float(lam), batch_factor=c_S)
     radius = _radius(mmap, closure)
     if radius >= 1:
-        edge = minibatch_divergence_edge(X, beta=beta, lam=lam, batch_size=batch_size,
-                                         replacement=replacement, closure=closure)
+        edge = _divergence_edge(X, beta=beta, lam=lam, batch_size=batch_size,
+                                replacement=replacement, closure=closure, rtol=1e-6)
         raise ValueError(_divergence_message(eta, edge))
     p_closure, _ = _closure_solution(mmap)
     matvecs = 0
@@ -534,6 +555,12 @@ def minibatch_divergence_edge(X, *, beta, lam=0.0, batch_size, replacement=False
     Raises:
         ValueError: as :func:`minibatch_moments`.
     """
+    with _single_threaded_blas():
+        return _divergence_edge(X, beta=beta, lam=lam, batch_size=batch_size,
+                                replacement=replacement, closure=closure, rtol=rtol)
+
+
+def _divergence_edge(X, *, beta, lam, batch_size, replacement, closure, rtol) -> float:
     from scipy.optimize import brentq
 
     X, _ = _prepare_inputs(X, None)
@@ -557,9 +584,8 @@ def minibatch_divergence_edge(X, *, beta, lam=0.0, batch_size, replacement=False
     if closure == "exact":
         # the closure's edge is cheap and close (cross-mode covariances carry little of the
         # noise): bracket the exact edge around it first, each radius costing one eigs call
-        guess = minibatch_divergence_edge(X, beta=beta, lam=lam, batch_size=batch_size,
-                                          replacement=replacement, closure="diagonal",
-                                          rtol=rtol)
+        guess = _divergence_edge(X, beta=beta, lam=lam, batch_size=batch_size,
+                                 replacement=replacement, closure="diagonal", rtol=rtol)
         for width in (0.02, 0.2):
             a, b = guess * (1 - width), min(guess * (1 + width), hi)
             if excess(a) < 0 < excess(b):

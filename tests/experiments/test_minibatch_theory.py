@@ -16,6 +16,13 @@ from experiments.linreg import least_squares, run_sgd
 from numeric import _minibatch as mb
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The solver's internals run with one BLAS thread, as the public functions do."""
+    with mb._single_threaded_blas():
+        yield
+
+
 def _closure_burn_in(X, Y, *, eta, beta, batch_size, tol=1e-3, max_steps=50_000):
     """Steps from (mu, 0) until E||delta_k||^2 is within ``tol`` (relative) of its stationary
     value, by the mode-diagonal closure run forward in time (its moments are those of the

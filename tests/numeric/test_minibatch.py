@@ -14,6 +14,13 @@ import numeric
 from numeric import _minibatch as mb
 
 
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The solver's internals run with one BLAS thread, as the public functions do."""
+    with mb._single_threaded_blas():
+        yield
+
+
 def _small_problem(rng, n=12, d=3, c=2):
     X = rng.standard_normal((n, d)) * np.geomspace(2.0, 0.5, d)
     Y = rng.standard_normal((n, c)) + X @ rng.standard_normal((d, c))
