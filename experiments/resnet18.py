@@ -73,6 +73,7 @@ __all__ = [
     "estimate_noise",
     "landscape",
     "load_run_trajectory",
+    "measure_bulk",
     "make_model",
     "make_optimizer",
     "measure_spectrum",
@@ -119,6 +120,8 @@ class ResNetConfig:
         hessian_samples: size of the fixed subset of HVPs, trace and landscape.
         eigen_tol: relative residual tolerance of the eigensolver.
         trace_samples: Hutchinson probes of tr(H).
+        slq_probes, slq_steps: stochastic Lanczos quadrature of the bulk below the top k
+            (probes x steps Hessian-vector products), for the predicted exponent (eq. 13).
         bn_mode: batch norm in the Hessian operator: ``"eval"`` (running statistics) or
             ``"batch"`` (the statistics of each fixed Hessian batch).
         noise_batches: minibatch gradients for the noise trace (even, >= 4).
@@ -142,9 +145,9 @@ class ResNetConfig:
     beta: float = 0.9
     lam: float = 1e-4
     batch_size: int = 64
-    steps: int = 1800
+    steps: int = 1500
     window: float = 2 / 3
-    pretrain_steps: int = 1500
+    pretrain_steps: int = 1200
     pretrain_eta: float = 0.05
     pretrain_final_eta: float = 0.01
     pretrain_beta: float = 0.9
@@ -157,9 +160,11 @@ class ResNetConfig:
     hessian_samples: int = 512
     eigen_tol: float = 1e-2
     trace_samples: int = 20
+    slq_probes: int = 4
+    slq_steps: int = 20
     bn_mode: str = "eval"
     noise_batches: int = 64
-    landscape_points: int = 13
+    landscape_points: int = 11
     augment: bool = False
     amp: bool = False
     checkpoint_every: int = 100
@@ -197,6 +202,8 @@ class ResNetConfig:
         need(self.hessian_samples >= 2, "hessian_samples", self.hessian_samples, ">= 2")
         need(self.eigen_tol > 0, "eigen_tol", self.eigen_tol, "> 0")
         need(self.trace_samples >= 2, "trace_samples", self.trace_samples, ">= 2")
+        need(self.slq_probes >= 2, "slq_probes", self.slq_probes, ">= 2")
+        need(self.slq_steps >= 2, "slq_steps", self.slq_steps, ">= 2")
         need(self.noise_batches >= 4 and self.noise_batches % 2 == 0, "noise_batches",
              self.noise_batches, "even and >= 4")
         need(self.landscape_points >= 3, "landscape_points", self.landscape_points, ">= 3")
@@ -232,6 +239,7 @@ _PRETRAIN_KEYS = _DATA_KEYS + ("pretrain_steps", "pretrain_eta", "pretrain_final
                                "checkpoint")
 _SPECTRUM_KEYS = ("eigenpairs", "hessian_samples", "eigen_tol", "trace_samples", "bn_mode")
 _NOISE_KEYS = ("batch_size", "noise_batches")
+_BULK_KEYS = _SPECTRUM_KEYS + ("slq_probes", "slq_steps")
 
 
 # --------------------------------------------------------------------------------------------
@@ -602,6 +610,39 @@ def measure_spectrum(config: ResNetConfig, model, data: ImageData, out_dir,
     return result
 
 
+def measure_bulk(config: ResNetConfig, model, data: ImageData, spectrum: dict, out_dir,
+                 *, progress=True):
+    """The whole spectrum as a :class:`numeric.Spectrum`: the top-k eigenpairs of
+    :func:`measure_spectrum` and the bulk below them by stochastic Lanczos quadrature
+    (:func:`numeric.spectrum_from_model`: ``slq_probes`` probes of ``slq_steps`` steps with the
+    top k deflated, on the same operator and batch-norm mode; docs/theory.md section 8), so
+    that eq. 13 can be predicted over all modes. Saved as ``spectrum_bulk.npz`` (without the
+    eigenvectors, which ``spectrum.pt`` holds); a present file with matching settings, here
+    or in ``pretrained``, is loaded."""
+    path = Path(out_dir) / "spectrum_bulk.npz"
+    candidates = [path]
+    if config.pretrained is not None:
+        candidates.insert(0, Path(config.pretrained) / "spectrum_bulk.npz")
+    for candidate in candidates:
+        if candidate.is_file():
+            stored = numeric.Spectrum.load(candidate)
+            settings = stored.info.get("settings", {})
+            if all(settings.get(k) == config.to_dict()[k] for k in _BULK_KEYS):
+                return stored
+    pairs = numeric.HessianEigenpairs(
+        eigenvalues=spectrum["eigenvalues"], eigenvectors=spectrum["eigenvectors"],
+        residuals=spectrum["residuals"], num_hvps=int(spectrum["num_hvps"]),
+        converged=bool(spectrum["converged"]))
+    with _preserved_state(model):
+        full = numeric.spectrum_from_model(
+            _operator_model(config, model), _loss_fn, _hessian_batches(config, data),
+            k=config.eigenpairs, num_probes=config.slq_probes, lanczos_steps=config.slq_steps,
+            seed=config.seed, eigenpairs=pairs, progress=progress)
+    full.info["settings"] = {k: config.to_dict()[k] for k in _BULK_KEYS}
+    full.save(path, eigenvectors=False)
+    return numeric.Spectrum.load(path)
+
+
 # --------------------------------------------------------------------------------------------
 # phase 3: minibatch noise
 # --------------------------------------------------------------------------------------------
@@ -940,7 +981,8 @@ def discrete_speed_factor(rho, *, eta, beta, lam):
             / np.asarray(numeric.instantaneous_speed(rho, model="sde", **kwargs)))
 
 
-def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict) -> tuple:
+def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict,
+            full_spectrum=None) -> tuple:
     r"""The comparison rows and the measurements behind the figures.
 
     Rows (:class:`experiments.compare.Comparison`):
@@ -954,8 +996,15 @@ def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict)
       half-range enters the standard error as a uniform uncertainty). The standard error of
       the row combines the measurement's, the trace's and that half-range.
     * ``speed drift (second half / first half of the window)``: predicted 1 (stationary).
-    * ``exponent c of ||Delta_k||^2 ...``: the fitted exponents (no closed-form prediction
-      without the bulk spectrum: predicted is null) with their bootstrap standard error.
+    * ``exponent c of ||Delta_k||^2 ...``: the fitted exponents with their bootstrap standard
+      error. For the displacement from :math:`\theta^*` the prediction is
+      :func:`numeric.predicted_exponent`: eq. 13 over ``full_spectrum`` (top k and
+      SLQ bulk) with the noise of Assumption 5 scaled to the measured trace over the modes
+      with :math:`\rho > 0`, :math:`\sigma^2/S = T/\sum_{\rho_l>0}\rho_l`
+      (:class:`numeric.IsotropicNoise`; modes with :math:`\rho \le 0` carry no noise under
+      Assumption 5 and are left out by the prediction), fitted on the
+      same steps and window; null for the other series (no stationary prediction) or without
+      ``full_spectrum``.
     * ``frequency q_1`` / ``frequency q_k``: :func:`numeric.dominant_frequency` of the
       projected velocity :math:`b_l = \langle v_k, q_l\rangle` over the window against
       :func:`numeric.oscillation_frequency`. The velocity, not the position: the position
@@ -1011,14 +1060,40 @@ def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict)
               (trajectory["extras_step"], trajectory["angular_sq"], config.window),
               "exponent c of the raw displacement (scale-invariant weights)":
               (trajectory["extras_step"], trajectory["raw_scale_invariant_sq"], config.window)}
-    for name, (k, values, window) in series.items():
+    predicted_c, extra = float("nan"), {}
+    if full_spectrum is not None:
+        # sigma^2 so that the modes the prediction keeps (rho > 0) carry the measured trace T:
+        # with tr H (negative bulk nodes included) the kept modes would carry more than T
+        nodes, weights = full_spectrum.nodes(), full_spectrum.weights()
+        positive_trace = float(np.sum((weights * nodes)[nodes > 0]))
+        noise_model = numeric.IsotropicNoise(config.batch_size * T / positive_trace)
+        kwargs = dict(eta=config.eta, beta=config.beta, lam=config.lam, S=config.batch_size,
+                      noise=noise_model)
+        predicted_c = float(numeric.predicted_exponent(full_spectrum, steps.astype(np.float64),
+                                                       window=config.window, **kwargs))
+        curve = numeric.predicted_global_displacement(full_spectrum, steps[-1:], **kwargs)
+        extra = {"predicted_final_displacement_sq": float(np.asarray(curve.value)[0]),
+                 "measured_final_displacement_sq":
+                     float(trajectory["global_displacement_sq"][-1]),
+                 "excluded_weight": curve.excluded_weight,
+                 "negative_weight": curve.negative_weight, "sigma2": noise_model.sigma2,
+                 "slq_trace": full_spectrum.trace,
+                 "slq_trace_stderr": full_spectrum.trace_stderr,
+                 "positive_trace": positive_trace}
+        measurements_curve = np.asarray(numeric.predicted_global_displacement(
+            full_spectrum, steps.astype(np.float64), **kwargs).value)
+    else:
+        measurements_curve = None
+    for index_row, (name, (k, values, window)) in enumerate(series.items()):
         keep = (k > 0) & (values > 0)
         fit = numeric.fit_power_law(k[keep], values[keep], window=window, rng=config.seed)
         fits[name] = fit
-        rows.append(Comparison(name, float("nan"), fit.exponent, fit.standard_error,
+        rows.append(Comparison(name, predicted_c if index_row == 0 else float("nan"),
+                               fit.exponent, fit.standard_error,
                                {"ci_low": fit.ci_low, "ci_high": fit.ci_high,
                                 "prefactor": fit.prefactor, "window": fit.window,
-                                "paper_imagenet_resnet18": 1.07}))
+                                "paper_imagenet_resnet18": 1.07,
+                                **(extra if index_row == 0 else {})}))
 
     index = [0, config.eigenpairs - 1]
     frequencies = {}
@@ -1038,6 +1113,7 @@ def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict)
         "speed_cv": float(speed.std() / speed.mean()),
         "speed_mean": measured,
         "speed_predicted": predicted,
+        "predicted_displacement_sq": measurements_curve,
         "fits": {name: fit._asdict() for name, fit in fits.items()},
         "frequencies": frequencies,
     }
@@ -1103,6 +1179,8 @@ def run_resnet18(config: ResNetConfig, out_dir=None, *, resume=False, progress=T
         start_accuracy = accuracy(model, data, device=config.device, dtype=config.torch_dtype)
     with timings.phase("spectrum"):
         spectrum = measure_spectrum(config, model, data, out_dir, progress=progress)
+    with timings.phase("bulk"):
+        bulk = measure_bulk(config, model, data, spectrum, out_dir, progress=progress)
     with timings.phase("noise"):
         noise = estimate_noise(config, model, data, spectrum["eigenvectors"], out_dir,
                                progress=progress)
@@ -1118,7 +1196,7 @@ def run_resnet18(config: ResNetConfig, out_dir=None, *, resume=False, progress=T
     with timings.phase("landscape"):
         plane = landscape(config, model, data, spectrum, trajectory, out_dir, progress=progress)
     with timings.phase("compare"):
-        rows, measurements = compare(config, trajectory, spectrum, noise)
+        rows, measurements = compare(config, trajectory, spectrum, noise, bulk)
     with timings.phase("figures"):
         figures = resnet18_figures.draw_all(config, trajectory, spectrum, plane, measurements,
                                             out_dir)
@@ -1138,14 +1216,16 @@ def run_resnet18(config: ResNetConfig, out_dir=None, *, resume=False, progress=T
                      "residuals": spectrum["residuals"].numpy(),
                      "converged": spectrum["converged"], "num_hvps": spectrum["num_hvps"],
                      "trace": spectrum["trace"], "trace_stderr": spectrum["trace_stderr"],
-                     "bn_mode": config.bn_mode},
+                     "bn_mode": config.bn_mode, "slq_trace": bulk.trace,
+                     "slq_trace_stderr": bulk.trace_stderr,
+                     "slq_negative_weight": bulk.negative_weight},
         "noise": {"trace": float(noise["trace"]), "trace_stderr": float(noise["trace_stderr"]),
                   "mode_variance": noise["mode_variance"]},
         "measurements": measurements,
         "timings_s": dict(timings.values),
         "figures": figures,
-        "arrays": ["trajectory/", "window/", "extras/", "spectrum.pt", "noise.npz",
-                   "landscape.npz"],
+        "arrays": ["trajectory/", "window/", "extras/", "spectrum.pt", "spectrum_bulk.npz",
+                   "noise.npz", "landscape.npz"],
         "comparisons": [row.to_dict() for row in rows],
     }
     _save_json(out_dir / "summary.json", summary)
@@ -1240,6 +1320,10 @@ def add_arguments(parser) -> None:
              "(statistics of each fixed batch)")
     add("--trace-samples", type=positive, default=d.trace_samples,
         help=f"Hutchinson probes of the Hessian trace ({d.trace_samples})")
+    add("--slq-probes", type=positive, default=d.slq_probes,
+        help=f"probes of the stochastic Lanczos quadrature of the bulk ({d.slq_probes})")
+    add("--slq-steps", type=positive, default=d.slq_steps,
+        help=f"Lanczos steps per probe ({d.slq_steps})")
     add("--noise-batches", type=positive, default=d.noise_batches,
         help=f"minibatch gradients for the noise trace, even ({d.noise_batches})")
     add("--landscape-points", type=positive, default=d.landscape_points,
@@ -1271,6 +1355,7 @@ def config_from_args(args) -> ResNetConfig:
         pretrain_steps=args.pretrain_steps, pretrain_eta=args.pretrain_eta,
         pretrain_final_eta=args.pretrain_final_eta, pretrain_lam=args.pretrain_lam,
         pretrain_batch_size=args.pretrain_batch_size, trace_samples=args.trace_samples,
+        slq_probes=args.slq_probes, slq_steps=args.slq_steps,
         checkpoint=args.checkpoint, pretrained=args.pretrained,
         carry_momentum=args.carry_momentum, eigenpairs=args.eigenpairs,
         hessian_samples=args.hessian_samples, bn_mode=args.bn_mode,

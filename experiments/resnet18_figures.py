@@ -72,6 +72,12 @@ def fig1_displacement(config, trajectory, measurements, path):
         lo = kk[-1] - fit["window"] * (kk[-1] - kk[0])
         grid = kk[kk >= lo]
         ax.loglog(grid, fit["prefactor"] * grid ** fit["exponent"], color="k", ls="--", lw=1)
+    curve = measurements.get("predicted_displacement_sq")
+    if curve is not None:
+        curve = np.asarray(curve)
+        keep = (steps > 0) & (curve > 0)
+        ax.loglog(steps[keep], curve[keep], color="C3", ls=":",
+                  label="eq. 13 (top-k + SLQ bulk, measured noise trace)")
     ax.set_xlabel("step k")
     ax.set_ylabel(r"$\|\Delta_k\|^2$")
     ax.set_title("global displacement (dashed: power-law fits)")
