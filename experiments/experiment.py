@@ -395,7 +395,8 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
             burn_in=speed_burn_in(spectrum, eta=0.9 * minibatch.edge, beta=beta, lam=lam),
             num_steps=config.sweep_steps, log=log, run_kwargs=dict(
                 beta=beta, batch_size=config.batch_size, num_seeds=config.seeds,
-                seed=config.seed + 4, backend=config.backend, device=config.device))
+                seed=config.seed + 4, backend=config.backend, device=config.device,
+                progress=progress))
         rows.extend(edge_rows)
         curves["sweep"]["minibatch_theory"] = minibatch_rows.speed_curve(
             minibatch, lowest=config.sweep_fractions[0] * stability_edge(h_max, beta) / 2) | {

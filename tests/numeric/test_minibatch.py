@@ -215,6 +215,21 @@ def test_torch_inputs_give_the_numpy_result(rng):
         assert got.radius == pytest.approx(ref.radius, rel=1e-8)
 
 
+@pytest.mark.gpu
+def test_cuda_inputs_give_the_numpy_result(rng):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    X, Y = _small_problem(rng, n=300, d=6, c=3)
+    kwargs = dict(eta=0.1, beta=0.7, lam=0.01, batch_size=16)
+    for closure in mb.CLOSURES:
+        ref = numeric.minibatch_moments(X, Y, closure=closure, **kwargs)
+        got = numeric.minibatch_moments(torch.as_tensor(X, device="cuda"),
+                                        torch.as_tensor(Y, device="cuda"),
+                                        closure=closure, **kwargs)
+        np.testing.assert_allclose(got.var_v, ref.var_v, rtol=1e-9)
+
+
 def test_full_batch_without_replacement_has_no_noise(rng):
     X, Y = _small_problem(rng)
     moments = numeric.minibatch_moments(X, Y, eta=0.1, beta=0.5, batch_size=X.shape[0])
