@@ -3,6 +3,8 @@ simplified to zero, the batch factors are checked by enumerating every batch."""
 
 from __future__ import annotations
 
+import itertools
+
 import sympy as sp
 
 from ousym import discrete as dis
@@ -60,7 +62,7 @@ def test_noise_covariance_is_the_batch_gradient_covariance_quadratic_in_theta():
     rbar = sp.Matrix(n, 1, lambda i, _: (mu * x[i, :].T)[0] - y[i])
     for l, m in ((0, 0), (0, 1), (1, 1)):
         batches = [sum((per_sample[i] for i in b), sp.zeros(1, 2)) / size
-                   for b in __import__("itertools").combinations(range(n), size)]
+                   for b in itertools.combinations(range(n), size)]
         avg = sum(batches, sp.zeros(1, 2)) / len(batches)
         cov = sum((b[l] - avg[l]) * (b[m] - avg[m]) for b in batches) / len(batches)
         entry = mb.noise_covariance_entry(theta - mu, x, rbar, 0, l, 0, m)
