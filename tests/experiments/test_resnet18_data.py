@@ -267,3 +267,26 @@ def test_config_errors_name_the_setting():
         ResNetConfig(noise_batches=5).validate()
     with pytest.raises(ValueError, match="dataset must be one of"):
         ResNetConfig(dataset="imagenet").validate()
+
+
+def test_a_local_checkpoint_is_the_pretrained_point_and_a_wrong_one_is_refused(tmp_path):
+    from experiments.resnet18 import pretrain
+
+    data = load_image_dataset("digits", num_samples=64)
+    config = ResNetConfig(num_samples=64, width=8, checkpoint=str(tmp_path / "weights.pt"))
+    source = build_model("resnet18", in_channels=1, width=8, seed=7)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    (tmp_path / "run").mkdir()
+    path = pretrain(config, data, tmp_path / "run", progress=False)
+    state = torch.load(path, weights_only=True)
+    assert all(torch.equal(state["model"][name], value)
+               for name, value in source.state_dict().items())
+    torch.save(build_model("resnet18", in_channels=3, width=8).state_dict(),
+               tmp_path / "other.pt")
+    (tmp_path / "run2").mkdir()
+    with pytest.raises(ValueError, match="does not fit resnet18 with 10 classes and 1 input"):
+        pretrain(ResNetConfig(num_samples=64, width=8, checkpoint=str(tmp_path / "other.pt")),
+                 data, tmp_path / "run2", progress=False)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        pretrain(ResNetConfig(num_samples=64, width=8, checkpoint=str(tmp_path / "none.pt")),
+                 data, tmp_path / "run2", progress=False)
