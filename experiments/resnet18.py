@@ -846,12 +846,16 @@ def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dic
     _drop_chunks_after(folders["window"], step, offset=w0)
     every = config.checkpoint_every
     directions = spectrum["eigenvectors"].to(config.device, config.torch_dtype)
+    # the trajectory folders carry the run's settings in their manifests: a resume with other
+    # settings raises numeric.TrajectoryMismatchError (a ValueError)
+    settings = {**config.to_dict(), "S": config.batch_size}
     recorder = numeric.TrajectoryRecorder(optimizer, directions=directions,
                                           reference=start_flat, path=folders["trajectory"],
-                                          chunk_size=every)
+                                          chunk_size=every, settings=settings)
     window = None
     if step >= w0:
-        window = numeric.TrajectoryRecorder(optimizer, path=folders["window"], chunk_size=every)
+        window = numeric.TrajectoryRecorder(optimizer, path=folders["window"], chunk_size=every,
+                                            settings=settings)
     tracker = _ScaleInvariantTracker(model, start_flat=start_flat)
     _save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
     snapshots = set(config.snapshot_steps)
@@ -882,7 +886,7 @@ def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dic
                                      "sampler": sampler.state_dict(), "step": done})
             if done == w0 and window is None:
                 window = numeric.TrajectoryRecorder(optimizer, path=folders["window"],
-                                                    chunk_size=every)
+                                                    chunk_size=every, settings=settings)
     recorder.close()
     if window is not None:
         window.close()

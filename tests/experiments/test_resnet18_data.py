@@ -290,3 +290,33 @@ def test_a_local_checkpoint_is_the_pretrained_point_and_a_wrong_one_is_refused(t
     with pytest.raises(FileNotFoundError, match="checkpoint"):
         pretrain(ResNetConfig(num_samples=64, width=8, checkpoint=str(tmp_path / "none.pt")),
                  data, tmp_path / "run2", progress=False)
+
+
+def test_pretraining_killed_between_checkpoints_resumes_bitwise(tmp_path, monkeypatch):
+    import experiments.resnet18 as resnet18
+
+    data = load_image_dataset("digits", num_samples=128)
+    config = ResNetConfig(num_samples=128, width=4, pretrain_batch_size=16, pretrain_steps=90,
+                          checkpoint_every=20, steps=60)
+    (tmp_path / "whole").mkdir()
+    whole = torch.load(resnet18.pretrain(config, data, tmp_path / "whole", progress=False),
+                       weights_only=True)
+    calls = []
+    original = resnet18.sgd_step
+
+    def dies_at_step_50(*args, **kwargs):
+        if len(calls) == 50:
+            raise KeyboardInterrupt  # as a kill between the checkpoints at 40 and 60
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    (tmp_path / "killed").mkdir()
+    monkeypatch.setattr(resnet18, "sgd_step", dies_at_step_50)
+    with pytest.raises(KeyboardInterrupt):
+        resnet18.pretrain(config, data, tmp_path / "killed", progress=False)
+    assert not (tmp_path / "killed" / "pretrained.pt").exists()
+    monkeypatch.setattr(resnet18, "sgd_step", original)
+    resumed = torch.load(resnet18.pretrain(config, data, tmp_path / "killed", progress=False),
+                         weights_only=True)
+    for name, value in whole["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
