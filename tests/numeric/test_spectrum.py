@@ -285,3 +285,21 @@ def test_mnist5k_displacement_within_2_percent_up_to_1e6_steps(mnist_spectra):
     steps = np.arange(1, 1501)
     assert abs(numeric.predicted_exponent(slq, steps, **hyper).value
                - numeric.predicted_exponent(exact, steps, **hyper).value) <= 0.02
+
+
+def test_spectrum_from_model_without_deflation_and_with_hutchinson_trace():
+    model, loss, batches = _mlp_problem()
+    P = sum(p.numel() for p in model.parameters())
+    dense = numeric.hessian_vector_product(model, loss, batches, torch.eye(P))
+    rho = np.linalg.eigvalsh(((dense + dense.T) / 2).numpy())
+    spectrum = numeric.spectrum_from_model(model, loss, batches, k=0, num_probes=10,
+                                           lanczos_steps=10, trace_samples=40, seed=4)
+    assert spectrum.k == 0 and spectrum.eigenvectors is None
+    assert spectrum.weights().sum() == pytest.approx(P, rel=1e-12)
+    assert spectrum.info["trace_method"] == "hutchinson"
+    assert spectrum.num_hvps == 10 * 10 + 40
+    assert abs(spectrum.trace - rho.sum()) <= Z * spectrum.trace_stderr
+    with pytest.raises(ValueError, match="k must be <"):
+        numeric.spectrum_from_model(model, loss, batches, k=P)
+    with pytest.raises(ValueError, match="trace_samples"):
+        numeric.spectrum_from_model(model, loss, batches, k=1, trace_samples=1)
