@@ -1,0 +1,262 @@
+"""Scale-out on torch.distributed: 2 gloo ranks under torchrun against one process.
+
+Two launches of ``python -m torch.distributed.run --standalone --nproc_per_node=2`` (a free
+port on 127.0.0.1): the first trains the worked example and is killed (SIGKILL to the whole
+launcher group) once it has written a checkpoint; the second resumes it on both ranks, then
+takes Hessian-vector products, a Lanczos eigensolve and a Hutchinson trace with the data
+sharded across the ranks. Everything is compared with the same computation in this process.
+
+Tolerances: float64 throughout, so the ranks differ from one process only in the order of
+summation (per-rank partial sums, then the all-reduce). For sums of n terms that reordering
+changes the result by at most about n eps sum|terms|; with n <= 2000 samples and the
+cancellation of these gradients (sum|terms| / |sum| below 1e3 here) that is below 1e-9
+relative, the bound used. Over 40 steps of SGD the rounding differences are propagated by the
+dynamics (a contraction or mild expansion at this learning rate, measured 1e-16 to 1e-15 of
+the value); 1e-9 relative leaves six orders of magnitude of room for machines whose BLAS
+rounds differently.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from experiments import distributed as ddp
+
+ROOT = Path(__file__).resolve().parents[2]
+RTOL = 1e-9
+
+
+def _torchrun(args, *, wait=True, timeout=240):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    if not wait:
+        return process
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out.decode()[-4000:]
+    return out.decode()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread, as each rank has (OMP_NUM_THREADS=1): these products are tiny, and
+    on shared cores torch's thread pool made them 50x slower (measured)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _descendants(pid):
+    """Every live descendant of ``pid`` (torchrun starts its workers in sessions of their
+    own, so killing the launcher's process group would leave them running)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def _kill_tree(process):
+    """SIGKILL the launcher and all its workers, as a machine failure would."""
+    for pid in [*_descendants(process.pid), process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.communicate()
+
+
+def _hvp_data():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images[:300], dtype=torch.float64)[:, None] / 16.0
+    y = torch.tensor(bunch.target[:300], dtype=torch.int64)
+    return x, y
+
+
+def _hvp_model():
+    torch.manual_seed(3)
+    return ddp.SmallConvNet(dtype=torch.float64)
+
+
+def _loss(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs, targets)
+
+
+def _probe_vectors(model):
+    P = sum(p.numel() for p in model.parameters())
+    return torch.randn(3, P, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+RESUME_AND_SHARDED_HESSIAN = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import torch
+    import numeric
+    from experiments import distributed as ddp
+    sys.path.insert(0, {test_dir!r})
+    import test_distributed as t
+
+    out, steps = sys.argv[1], int(sys.argv[2])
+    context = ddp.init_distributed(device="cpu")
+    record = ddp.train_small_convnet(out, steps=steps, checkpoint_every=5, context=context)
+    x, y = t._hvp_data()
+    # this rank's shard, in batches of unequal size: the all-reduce weights them by count
+    shard = [(x[i:i + 37][context.rank::2], y[i:i + 37][context.rank::2])
+             for i in range(0, len(x), 37)]
+    model = t._hvp_model()
+    hvp = numeric.hessian_vector_product(model, t._loss, shard, t._probe_vectors(model),
+                                         distributed=True)
+    pairs = numeric.hessian_eigenpairs(model, t._loss, shard, 2, max_hvps=24,
+                                       distributed=True)
+    trace = numeric.hutchinson_trace(model, t._loss, shard, num_samples=6, distributed=True)
+    mean = ddp.all_reduce_mean(torch.tensor([float(context.rank + 1)] * 2), 1, context)
+    if context.is_main:
+        np.savez(out + "/checks.npz", hvp=hvp.numpy(), values=pairs.eigenvalues.numpy(),
+                 vectors=pairs.eigenvectors.numpy(), trace=trace.value, mean=mean.numpy(),
+                 world=context.world_size,
+                 **{{"record_" + k: v for k, v in record.items()}})
+    ddp.shutdown(context)
+""")
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    """Launch 1 is SIGKILLed after its first checkpoint; launch 2 resumes it to a few steps
+    past the checkpoint and runs the sharded Hessian routines."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the test finds torchrun's workers in /proc")
+    out = tmp_path_factory.mktemp("ddp")
+    checkpoint = out / "checkpoint.pt"
+    process = _torchrun(["-m", "experiments.distributed", "--out", str(out), "--steps",
+                         "100000", "--checkpoint-every", "5", "--global-batch", "32"],
+                        wait=False)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.exists():
+            assert process.poll() is None, process.communicate()[0].decode()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+    finally:
+        _kill_tree(process)
+    killed_at = int(torch.load(checkpoint, weights_only=True)["step"])
+    steps = killed_at + 12  # 12 steps after the resume, past two more checkpoints
+    script = out / "resume_and_hessian.py"
+    script.write_text(RESUME_AND_SHARDED_HESSIAN.format(test_dir=str(Path(__file__).parent)))
+    _torchrun([str(script), str(out), str(steps)])
+    with np.load(out / "checks.npz", allow_pickle=False) as data:
+        checks = {key: data[key] for key in data.files}
+    return killed_at, steps, checks, tmp_path_factory.mktemp("single")
+
+
+def test_two_killed_and_resumed_gloo_ranks_follow_one_process(killed_and_resumed):
+    killed_at, steps, checks, single_dir = killed_and_resumed
+    assert checks["world"] == 2 and killed_at >= 5 and killed_at % 5 == 0
+    single = ddp.train_small_convnet(single_dir, steps=steps, checkpoint_every=5,
+                                     context=ddp.init_distributed(device="cpu"))
+    np.testing.assert_array_equal(checks["record_steps"], np.arange(1, steps + 1))
+    for key in ("local_sq", "global_sq", "theta_projection", "velocity_projection"):
+        measured, expected = checks["record_" + key], single[key]
+        np.testing.assert_allclose(measured, expected, rtol=RTOL,
+                                   atol=RTOL * np.abs(expected).max(), err_msg=key)
+    assert single["local_sq"].min() > 0  # it moved
+
+
+def test_sharded_hessian_routines_equal_one_process(killed_and_resumed):
+    import numeric
+
+    *_, checks, _ = killed_and_resumed
+    x, y = _hvp_data()
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    model = _hvp_model()
+    hvp = numeric.hessian_vector_product(model, _loss, batches, _probe_vectors(model)).numpy()
+    np.testing.assert_allclose(checks["hvp"], hvp, rtol=RTOL, atol=RTOL * np.abs(hvp).max())
+    # a fixed budget of 24 products (12 Lanczos blocks), converged or not: the same arithmetic
+    # on both sides, so the Ritz pairs agree to the rounding of the products, amplified by at
+    # most the inverse gaps of the small projected problem (1e-7 leaves a margin of 1e3)
+    pairs = numeric.hessian_eigenpairs(model, _loss, batches, 2, max_hvps=24)
+    np.testing.assert_allclose(checks["values"], pairs.eigenvalues.numpy(), rtol=1e-7)
+    overlap = np.abs(np.sum(checks["vectors"] * pairs.eigenvectors.numpy(), axis=1))
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-7)
+    trace = numeric.hutchinson_trace(model, _loss, batches, num_samples=6)
+    np.testing.assert_allclose(float(checks["trace"]), trace.value, rtol=RTOL)
+    np.testing.assert_allclose(checks["mean"], [1.5, 1.5], rtol=1e-15)
+
+
+def test_single_process_helpers_are_the_identity(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    context = ddp.init_distributed(device="cpu")
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
+    model = ddp.SmallConvNet()
+    assert ddp.wrap_model(model, context) is model
+    assert ddp.on_main(context, lambda: 7) == 7
+    assert ddp.all_reduce_mean(torch.tensor([3.0, 5.0]), 2, context).tolist() == [1.5, 2.5]
+    batches = ddp.ShardedBatches(100, 32, context, seed=4)
+    first = [batches.next() for _ in range(4)]  # 3 steps an epoch, then epoch 1
+    assert batches.state_dict() == {"epoch": 1, "batch": 1}
+    order = torch.utils.data.DistributedSampler(range(100), num_replicas=1, rank=0, seed=4,
+                                                drop_last=True)
+    assert torch.equal(torch.cat(first[:3]), torch.tensor(list(order))[:96])
+    resumed = ddp.ShardedBatches(100, 32, context, seed=4)
+    resumed.load_state_dict({"epoch": 0, "batch": 2})
+    assert torch.equal(resumed.next(), first[2]) and torch.equal(resumed.next(), first[3])
+
+
+def test_sync_batchnorm_cpu_is_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    reference = ddp.SmallConvNet().double()
+    converted = ddp.SmallConvNet().double()
+    converted.load_state_dict(reference.state_dict())
+    converted = ddp._convert_cpu(converted)
+    assert sum(isinstance(m, ddp.SyncBatchNormCPU) for m in converted.modules()) == 2
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    for mode in ("train", "eval", "train"):
+        getattr(reference, mode)()
+        getattr(converted, mode)()
+        a, b = reference(x), converted(x)
+        # identical formulas up to the order of the variance's summation: rounding only
+        np.testing.assert_allclose(b.detach().numpy(), a.detach().numpy(), rtol=1e-12,
+                                   atol=1e-12)
+    for (name, p), q in zip(reference.state_dict().items(), converted.state_dict().values()):
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_errors_name_the_argument(monkeypatch):
+    with pytest.raises(ValueError, match="divisible by the number of ranks 2, but got 33"):
+        ddp.per_rank_batch_size(33, 2)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE must be an integer, but got 'two'"):
+        ddp.init_distributed(device="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK must be in"):
+        ddp.init_distributed(device="cpu")
+    import numeric
+
+    model = ddp.SmallConvNet().double()
+    batches = [(torch.zeros(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1]))]
+    with pytest.raises(ValueError, match="distributed=True needs an initialised"):
+        numeric.hutchinson_trace(model, _loss, batches, num_samples=2, distributed=True)
