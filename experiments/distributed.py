@@ -69,7 +69,6 @@ __all__ = [
     "all_reduce_mean",
     "SmallConvNet",
     "train_small_convnet",
-    "resnet18_sweep_experiment",
     "main",
 ]
 
@@ -512,14 +511,6 @@ def train_small_convnet(out_dir, *, steps: int, global_batch: int = 32, eta: flo
     return {"steps": np.arange(1, step + 1)} | {
         key: torch.stack(value).cpu().numpy() if value else np.zeros(0)
         for key, value in record.items()}
-
-
-def resnet18_sweep_experiment():
-    """The sweep adapter of the ResNet-18 runner (``experiments.resnet18``), for
-    ``python -m experiments sweep --experiment resnet18``."""
-    from .sweep import ResNet18Sweep
-
-    return ResNet18Sweep()
 
 
 def main(argv=None) -> int:

@@ -66,6 +66,7 @@ __all__ = [
     "SweepMismatchError",
     "SweepExperiment",
     "LinregSweep",
+    "ResNet18Sweep",
     "EXPERIMENTS",
     "get_experiment",
     "create_sweep",
@@ -437,18 +438,134 @@ def _task_row(local_sq, lags, global_sq, nodes, weights, excluded, excluded_weig
             **(extra or {})}
 
 
-EXPERIMENTS: dict[str, SweepExperiment] = {"linreg": LinregSweep()}
+class ResNet18Sweep(SweepExperiment):
+    r"""Sweep task on the ResNet-18 runner (:func:`experiments.resnet18.run_resnet18`).
+
+    Options are the runner's own (``python -m experiments resnet18 --help``). Shared, computed
+    once at the default configuration by the runner's phase functions: the pretrained point
+    ``pretrained.pt``, the top-k eigenpairs and trace ``spectrum.pt``, the SLQ bulk
+    ``spectrum_bulk.npz`` and the minibatch noise ``noise.npz``. Every task runs the runner
+    with ``pretrained=<shared folder>``, which loads them (the noise is measured again when
+    the task's batch size differs from the default: the noise trace depends on S), and
+    ``resume=True`` after a kill (the runner's checkpoints). The row takes the runner's own
+    uncalibrated rows: the speed of eq. 12 with the measured noise trace and the exact discrete
+    factor, and the exponent of ``||Delta_k||^2`` from the pretrained point fitted on the last
+    ``window`` against ``numeric.predicted_exponent`` on the same steps (Spectrum: top-k exact,
+    bulk by SLQ; isotropic noise scaled to the measured trace over the modes with rho > 0).
+    """
+
+    name = "resnet18"
+    SPEED_ROW = "speed E||delta||^2"
+    EXPONENT_ROW = "exponent c of ||Delta_k||^2 from theta*"
+
+    def add_options(self, parser):
+        from .resnet18 import add_arguments
+
+        add_arguments(parser)
+
+    def base_config(self, args):
+        from .resnet18 import config_from_args
+
+        config = config_from_args(args)
+        config.validate()
+        return config.to_dict()
+
+    @staticmethod
+    def _config(config: dict, **changes):
+        from .resnet18 import ResNetConfig
+
+        values = dict(config) | changes
+        values["snapshot_steps"] = tuple(values.get("snapshot_steps", ()))
+        config = ResNetConfig(**values)
+        config.validate()
+        return config
+
+    def prepare_shared(self, config, shared_dir, *, progress):
+        from . import resnet18
+        from .vision import load_image_dataset
+
+        config = self._config(config)
+        data = load_image_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                  num_samples=config.num_samples)
+        torch_seed(config.seed)
+        if config.pretrained is None:
+            resnet18.pretrain(config, data, shared_dir, progress=progress)
+            source = shared_dir / "pretrained.pt"
+        else:
+            source = Path(config.pretrained) / "pretrained.pt"
+            shutil.copy2(source, shared_dir / "pretrained.pt")
+        model, _ = resnet18._load_pretrained(config, data, source)
+        spectrum = resnet18.measure_spectrum(config, model, data, shared_dir, progress=progress)
+        resnet18.measure_bulk(config, model, data, spectrum, shared_dir, progress=progress)
+        resnet18.estimate_noise(config, model, data, spectrum["eigenvectors"], shared_dir,
+                                progress=progress)
+        _write_json(shared_dir / "resnet18.json", {
+            "start_point": "pretrained.pt of the default configuration",
+            "files": sorted(p.name for p in shared_dir.iterdir())})
+
+    def run_task(self, config, run_dir, shared_dir, *, resume, progress):
+        from .resnet18 import run_resnet18
+
+        config = self._config(config, pretrained=str(Path(shared_dir).resolve()))
+        summary = run_resnet18(config, run_dir, resume=resume, progress=progress)
+        return self.row_from_summary(summary, config.window)
+
+    @classmethod
+    def row_from_summary(cls, summary: dict, window: float) -> dict:
+        """The sweep row from the runner's ``summary.json`` (its speed and exponent rows)."""
+        rows = summary["comparisons"]
+
+        def find(prefix):
+            for row in rows:
+                if row["name"].startswith(prefix):
+                    return row
+            raise ValueError(f"the resnet18 summary has no row named {prefix!r}...; rows: "
+                             f"{[row['name'] for row in rows]}")
+
+        speed, exponent = find(cls.SPEED_ROW), find(cls.EXPONENT_ROW)
+        details = speed["details"]
+        error = details.get("measured_stderr", speed["standard_error"])
+        settings = summary["settings"]
+        fitted = exponent["measured"]
+        predicted = exponent["predicted"]
+        se = exponent["standard_error"]
+        ex_details = exponent["details"]
+        return {
+            "eta": settings["eta"], "beta": settings["beta"], "lam": settings["lam"],
+            "S_effective": settings["batch_size"],
+            "noise_model": "isotropic (Assumption 5) scaled to the measured minibatch noise "
+                           "trace T over the modes with rho > 0",
+            "excluded_modes": None, "excluded_weight": ex_details.get("excluded_weight"),
+            "speed": {"measured": speed["measured"], "standard_error": error,
+                      "standard_error_with_prediction": speed["standard_error"],
+                      "predicted": speed["predicted"],
+                      "predicted_sde": details.get("sde_prediction"),
+                      "z_score": (speed["measured"] - speed["predicted"]) / error
+                      if error else None},
+            "exponent": {"fitted": fitted, "ci": [ex_details.get("ci_low"),
+                                                  ex_details.get("ci_high")],
+                         "bootstrap_standard_error": se, "jackknife_standard_error": None,
+                         "standard_error": se, "predicted": predicted, "window": window,
+                         "num_seeds": 1,
+                         "z_score": (fitted - predicted) / se
+                         if se and predicted is not None else None},
+            "noise_trace": details.get("noise_trace"),
+            "num_parameters": settings.get("num_parameters")}
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+EXPERIMENTS: dict[str, SweepExperiment] = {"linreg": LinregSweep(), "resnet18": ResNet18Sweep()}
 
 
 def get_experiment(name: str) -> SweepExperiment:
-    """The registered experiment ``name``; the ResNet-18 adapter registers on first use."""
-    if name == "resnet18" and name not in EXPERIMENTS:
-        from .distributed import resnet18_sweep_experiment
-
-        EXPERIMENTS[name] = resnet18_sweep_experiment()
+    """The registered experiment ``name`` (:data:`EXPERIMENTS`)."""
     if name not in EXPERIMENTS:
-        raise ValueError(f"experiment must be one of {sorted(set(EXPERIMENTS) | {'resnet18'})}, "
-                         f"but got {name!r}")
+        raise ValueError(f"experiment must be one of {sorted(EXPERIMENTS)}, but got {name!r}")
     return EXPERIMENTS[name]
 
 
@@ -748,8 +865,8 @@ def plot_sweep(summary: dict, path) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sweep's own options (the experiment's options are parsed by the experiment)."""
     parser.add_argument("--out", required=True, help="the sweep folder")
-    parser.add_argument("--experiment", default="linreg",
-                        help="linreg or resnet18 (when creating the sweep)")
+    parser.add_argument("--experiment", default="linreg", choices=sorted(EXPERIMENTS),
+                        help="the experiment each task runs (when creating the sweep)")
     parser.add_argument("--vary", choices=sorted(VARIABLES), default=None,
                         help="the setting varied (creates the sweep, or checks that the "
                              "folder holds this sweep)")

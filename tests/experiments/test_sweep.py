@@ -206,3 +206,37 @@ def test_predicted_exponent_matches_the_fitted_one_on_linear_regression():
     # radius of the slowest mode's propagator): 1e-9 is 1e4 eps above that bound
     cov = _stationary_mode_covariance(nodes, eta=eta, beta=beta, noise_var=sigma2 * nodes / S)
     np.testing.assert_allclose(eta * eta * np.sum(weights * cov[:, 1, 1]), speed, rtol=1e-9)
+
+
+RESNET_TINY = ["--dataset", "digits", "--num-samples", "256", "--width", "4", "--batch-size",
+               "32", "--pretrain-batch-size", "32", "--pretrain-steps", "100", "--steps", "150",
+               "--checkpoint-every", "50", "--eigenpairs", "3", "--hessian-samples", "128",
+               "--trace-samples", "4", "--noise-batches", "8", "--landscape-points", "3",
+               "--slq-probes", "2", "--slq-steps", "6", "--dtype", "float64"]
+
+
+def test_resnet18_tasks_reuse_the_shared_pretrained_point(tmp_path):
+    """The wiring, on a ResNet-18 of width 4 (a few seconds): one task, run by the runner from
+    the shared pretrained point, spectrum and noise, its rows collected into the summary."""
+    import torch
+
+    pytest.importorskip("experiments.resnet18")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on shared cores spin against each other
+    try:
+        code = main(["sweep", "--out", str(tmp_path), "--experiment", "resnet18", "--vary",
+                     "eta", "--values", "0.01", "--no-progress", *RESNET_TINY])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    shared = tmp_path / "shared"
+    for name in ("pretrained.pt", "spectrum.pt", "spectrum_bulk.npz", "noise.npz"):
+        assert (shared / name).is_file(), name
+    task = tmp_path / "tasks" / "000-eta=0.01"
+    assert json.loads((task / "config.json").read_text())["pretrained"] == str(shared.resolve())
+    assert not (task / "spectrum.pt").exists()  # reused, not recomputed
+    (run,) = json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert run["eta"] == 0.01 and run["exponent"]["window"] == pytest.approx(2 / 3)
+    for value in (run["speed"]["measured"], run["speed"]["predicted"],
+                  run["exponent"]["fitted"], run["exponent"]["predicted"]):
+        assert math.isfinite(value)
