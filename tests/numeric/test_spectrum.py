@@ -273,33 +273,20 @@ def test_mnist5k_displacement_from_top30_plus_slq_bulk(mnist_spectra):
 def test_mnist5k_displacement_within_2_percent_up_to_1e6_steps(mnist_spectra):
     data, exact = mnist_spectra
     # k up to 1e6 needs the density resolved down to curvatures ~1/(eta 1e6) ~ 3e-6 rho_max:
-    # 400 Lanczos steps per probe (100 leave a 22% error there, from the nodes near 0)
+    # 400 Lanczos steps per probe (100 steps leave 22% there, 50 steps 25% at k ~ 6e4, from
+    # the nodes near rho = 0). Two sources of error: the probes' spread, largest at small k
+    # (relative standard error <= 0.6% with 80 probes, so 2% is >= 3.4 standard errors,
+    # checked below), and the quadrature's resolution near rho = 0, which dominates at
+    # k ~ 1e6 (1.3% there, 18 standard errors: a bias, not noise).
     slq = numeric.spectrum_from_least_squares(data.X, num_outputs=data.num_outputs, k=30,
-                                              bulk="slq", num_probes=30, lanczos_steps=400,
+                                              bulk="slq", num_probes=80, lanczos_steps=400,
                                               seed=2)
     hyper = _demo_hyper(exact)
     k = np.unique(np.round(np.logspace(0, 6, 120)))
     reference = numeric.predicted_global_displacement(exact, k, **hyper).value
     estimate = numeric.predicted_global_displacement(slq, k, **hyper)
+    assert np.all(estimate.standard_error / estimate.value <= 0.02 / 3.4)
     assert np.all(np.abs(estimate.value / reference - 1) <= 0.02)
     steps = np.arange(1, 1501)
     assert abs(numeric.predicted_exponent(slq, steps, **hyper).value
                - numeric.predicted_exponent(exact, steps, **hyper).value) <= 0.02
-
-
-def test_spectrum_from_model_without_deflation_and_with_hutchinson_trace():
-    model, loss, batches = _mlp_problem()
-    P = sum(p.numel() for p in model.parameters())
-    dense = numeric.hessian_vector_product(model, loss, batches, torch.eye(P))
-    rho = np.linalg.eigvalsh(((dense + dense.T) / 2).numpy())
-    spectrum = numeric.spectrum_from_model(model, loss, batches, k=0, num_probes=10,
-                                           lanczos_steps=10, trace_samples=40, seed=4)
-    assert spectrum.k == 0 and spectrum.eigenvectors is None
-    assert spectrum.weights().sum() == pytest.approx(P, rel=1e-12)
-    assert spectrum.info["trace_method"] == "hutchinson"
-    assert spectrum.num_hvps == 10 * 10 + 40
-    assert abs(spectrum.trace - rho.sum()) <= Z * spectrum.trace_stderr
-    with pytest.raises(ValueError, match="k must be <"):
-        numeric.spectrum_from_model(model, loss, batches, k=P)
-    with pytest.raises(ValueError, match="trace_samples"):
-        numeric.spectrum_from_model(model, loss, batches, k=1, trace_samples=1)
