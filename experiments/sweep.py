@@ -710,7 +710,7 @@ def run_tasks(out, *, jobs: int = 1, progress: bool = False, log=print) -> dict:
     """Run every task of the sweep in ``out`` that is not done, ``jobs`` at a time.
 
     ``jobs = 1`` runs them one after the other in this process; ``jobs > 1`` starts one
-    ``python -m experiments sweep --out OUT --task-index I`` subprocess per task, at most
+    ``python -m experiments.sweep --out OUT --task-index I`` subprocess per task, at most
     ``jobs`` at once, each with ``cpu_count // jobs`` threads, its output in the task folder's
     ``log.txt``. Returns ``{task name: status}`` with status ``"done"``, ``"ran"``,
     ``"resumed"`` or ``"failed (exit code N)"``.
@@ -743,8 +743,9 @@ def run_tasks(out, *, jobs: int = 1, progress: bool = False, log=print) -> dict:
         resume = run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "log.txt", "a") as log_file:
+            # this module's own entry point: it imports only what the task's experiment needs
             code = subprocess.call(
-                [sys.executable, "-m", "experiments", "sweep", "--out", str(out),
+                [sys.executable, "-m", "experiments.sweep", "--out", str(out),
                  "--task-index", str(task["index"]), "--no-progress"],
                 stdout=log_file, stderr=subprocess.STDOUT, env=env)
         if code != 0:
@@ -921,3 +922,21 @@ def _format_summary(summary) -> str:
              f"summary.json and {FIGURE} written; "
              f"{len(summary['runs'])} run(s) finished, {len(summary['missing'])} missing"]
     return "\n".join(lines)
+
+
+def _entry_point(argv=None) -> int:
+    """``python -m experiments.sweep``: the same as ``python -m experiments sweep``, without
+    the other subcommands' imports (what ``--jobs`` starts for each task)."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.sweep",
+                                     description="a hyperparameter sweep as independent tasks")
+    add_arguments(parser)
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return main(args, extra)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_entry_point())
