@@ -63,6 +63,7 @@ __all__ = [
     "per_rank_batch_size",
     "make_sampler",
     "ShardedBatches",
+    "shard_global_batch",
     "SyncBatchNormCPU",
     "convert_sync_batchnorm",
     "wrap_model",
@@ -255,6 +256,16 @@ class _AllReduceSum(torch.autograd.Function):
         grad = grad.clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
+
+
+def shard_global_batch(indices: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """This rank's part of a global batch of sample indices (``(S,)``, S divisible by N):
+    entries ``r, r + N, r + 2N, ...``, the rule of ``DistributedSampler``. For runners whose
+    data order is one index sampler for the global batch (``experiments.vision.EpochSampler``):
+    every rank draws the same global batch from the same seeded state and keeps its shard, so
+    the checkpointed sampler state resumes all ranks."""
+    per_rank_batch_size(int(indices.shape[0]), context.world_size)
+    return indices[context.rank::context.world_size]
 
 
 class SyncBatchNormCPU(torch.nn.modules.batchnorm._BatchNorm):

@@ -225,6 +225,21 @@ def test_single_process_helpers_are_the_identity(monkeypatch):
     assert torch.equal(resumed.next(), first[2]) and torch.equal(resumed.next(), first[3])
 
 
+def test_shards_of_a_global_batch_are_the_distributed_sampler_rule():
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(1))
+    shards = []
+    for rank in range(2):
+        context = ddp.DistributedContext(rank, 2, rank, torch.device("cpu"), "gloo")
+        sampler = torch.utils.data.DistributedSampler(range(96), num_replicas=2, rank=rank,
+                                                      shuffle=False, drop_last=True)
+        expected = order[list(sampler)][:16]  # first batch of 16 of the rank's order
+        shards.append(ddp.shard_global_batch(order[:32], context))
+        assert torch.equal(shards[-1], expected)
+    assert sorted(torch.cat(shards).tolist()) == sorted(order[:32].tolist())
+    with pytest.raises(ValueError, match="divisible"):
+        ddp.shard_global_batch(order[:33], context)
+
+
 def test_sync_batchnorm_cpu_is_batchnorm_in_one_process():
     torch.manual_seed(0)
     reference = ddp.SmallConvNet().double()
