@@ -24,25 +24,28 @@ same time each write a private folder and rename it into place; the first rename
 the other copy is discarded (the computation is deterministic).
 
 The predictions are *uncalibrated*: no constant is fitted to any run of the sweep. For each
-run,
+run, from the :class:`numeric.Spectrum` of the shared start point (exact for linear
+regression; top-k eigenpairs and an SLQ bulk for a network) and the noise measured there,
 
 * the stationary speed :math:`E\|\delta\|^2` is eq. (12) with the exact discrete factor
-  (``numeric.instantaneous_speed(..., model="discrete")``, docs/theory.md sections 5-6), for
-  the run's :math:`\eta, \beta, \lambda, S`, the spectrum of the shared start point and the
-  noise scale :math:`\sigma^2 = \mathrm{tr}\,\Sigma / \mathrm{tr}\,H` measured there
-  (Assumption 5, :math:`\Sigma = \sigma^2 H`; with this single scale eq. (12) is exact in the
-  SDE for any :math:`\Sigma`, docs/theory.md section 7);
+  (``numeric.predicted_speed(..., model="discrete")``, docs/theory.md sections 5-6) for the
+  run's :math:`\eta, \beta, \lambda, S`, with the noise model of Assumption 5,
+  :math:`\Sigma = \sigma^2 H`, :math:`\sigma^2 = \mathrm{tr}\,\Sigma / \mathrm{tr}\,H`
+  (``numeric.IsotropicNoise``; with this single scale eq. (12) is exact in the SDE for any
+  :math:`\Sigma`, docs/theory.md section 7);
 * the exponent :math:`c` of :math:`E\|\Delta_k\|^2 \propto k^c` is fitted
   (``numeric.fit_power_law``) to the curve of eq. (13)
-  (``numeric.global_displacement(..., model="discrete")``) on exactly the grid and window on
-  which it is fitted to the measured curve.
+  (``numeric.predicted_global_displacement``) on exactly the grid and window on which it is
+  fitted to the measured curve (:func:`exponent_comparison`).
 
 Modes with :math:`\rho + \lambda \le 0` have no stationary law (no restoring force along
 them; docs/theory.md section 10), and modes with :math:`\rho \le 0` carry no noise under
 Assumption 5 (a negative :math:`\rho` would even give a negative variance: curvature that
 the quadratic model of the start point does not describe). Both are left out of both
-predictions and counted in the row (``excluded_modes``, ``excluded_weight``), so a reader sees
-how much of the spectrum the prediction ignores (:func:`stationary_modes`).
+predictions (``numeric.predicted_speed``: modes with :math:`\rho \le 10^{-10}\rho_{\max}`)
+and their weight is in the row (``excluded_weight``, of which ``negative_weight`` have
+:math:`\rho + \lambda < 0`), so a reader sees how much of the spectrum the prediction
+ignores.
 """
 
 from __future__ import annotations
@@ -76,9 +79,6 @@ __all__ = [
     "run_tasks",
     "summarize",
     "task_index_from_environment",
-    "stationary_modes",
-    "predicted_speed",
-    "predicted_displacement",
     "exponent_comparison",
     "add_arguments",
     "main",
@@ -136,73 +136,8 @@ def _format_value(value) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# predictions from a spectrum (nodes with weights)
+# the measured exponent beside the predicted one
 # --------------------------------------------------------------------------------------------
-
-
-def stationary_modes(spectrum, lam: float = 0.0, *, rtol: float = 1e-10):
-    r"""The modes the predictions sum over: ``(nodes, weights, excluded_count,
-    excluded_weight)``.
-
-    ``spectrum`` is an array of eigenvalues (each of weight 1) or an object with ``nodes()``
-    and ``weights()`` (``numeric.Spectrum``: top-k eigenvalues of weight 1 and the SLQ nodes of
-    the bulk with weights summing to the number of bulk modes). Kept: ``rho > rtol * max(rho)``.
-    Left out, and counted in ``excluded_count``/``excluded_weight``: modes with
-    ``rho + lam <= 0``, which have no stationary law, and modes with ``rho <= 0 < rho + lam``,
-    which relax under weight decay but carry no noise under Assumption 5 (``Sigma = sigma^2
-    H``; a negative ``rho`` would give a negative noise variance), so they add nothing to
-    either prediction. Equal nodes are merged (their weights add), so an exact spectrum with
-    multiplicities (``I_c (x) H`` of linear regression) costs one kernel column per distinct
-    eigenvalue.
-    """
-    if hasattr(spectrum, "nodes") and hasattr(spectrum, "weights"):
-        nodes = np.asarray(spectrum.nodes(), dtype=np.float64)
-        weights = np.asarray(spectrum.weights(), dtype=np.float64)
-    else:
-        nodes = np.asarray(spectrum, dtype=np.float64).ravel()
-        weights = np.ones_like(nodes)
-    if nodes.shape != weights.shape or nodes.size == 0:
-        raise ValueError(f"spectrum must have as many weights as nodes (and at least one), but "
-                         f"got {nodes.shape} nodes and {weights.shape} weights")
-    if not lam >= 0:
-        raise ValueError(f"lam must be >= 0, but got {lam}")
-    keep = nodes > rtol * max(float(nodes.max()), 0.0)
-    if not keep.any():
-        raise ValueError(f"spectrum must have a positive eigenvalue, but its largest is "
-                         f"{nodes.max()}")
-    excluded_count, excluded_weight = int(np.count_nonzero(~keep)), float(weights[~keep].sum())
-    nodes, weights = nodes[keep], weights[keep]
-    _, inverse = np.unique(np.round(nodes, 12), return_inverse=True)
-    merged = np.bincount(inverse, weights=weights)
-    values = np.bincount(inverse, weights=nodes * weights) / merged
-    return values, merged, excluded_count, excluded_weight
-
-
-def predicted_speed(nodes, weights, *, eta, beta, lam=0.0, S, sigma2, model="discrete"):
-    r"""``E||delta||^2 = eta^2 sum_l w_l Var_ss(v_l)`` (eq. 12; ``model="discrete"`` the exact
-    discrete factor of docs/theory.md section 6), for ``Sigma = sigma2 H`` (Assumption 5).
-    ``nodes``/``weights`` from :func:`stationary_modes`. Returns a float."""
-    import numeric
-
-    _, var_v = numeric.stationary_variance(np.asarray(nodes), eta=eta, beta=beta, lam=lam, S=S,
-                                           sigma2=sigma2, model=model)
-    return float(eta * eta * np.sum(np.asarray(weights) * np.asarray(var_v)))
-
-
-def predicted_displacement(nodes, weights, steps, *, eta, beta, lam=0.0, S, sigma2,
-                           model="discrete"):
-    r"""``E||Delta_k||^2`` from a stationary start (eq. 13) at ``steps`` ``(R,)``: the sum over
-    nodes of ``w_l`` times ``numeric.global_displacement`` of node ``l`` (one kernel call per
-    distinct node; the kernel sums over the modes it is given). Returns ``(R,)`` float64."""
-    import numeric
-
-    steps = np.asarray(steps, dtype=np.float64)
-    total = np.zeros_like(steps)
-    for node, weight in zip(np.asarray(nodes), np.asarray(weights)):
-        total += weight * np.asarray(numeric.global_displacement(
-            np.array([node]), steps, eta=eta, beta=beta, lam=lam, S=S, sigma2=sigma2,
-            model=model), dtype=np.float64)
-    return total
 
 
 def exponent_comparison(steps, global_sq, predicted, *, window=2 / 3, seed=0) -> dict:
@@ -286,8 +221,8 @@ class SweepExperiment:
 class LinregSweep(SweepExperiment):
     r"""Sweep task on linear regression (``experiments.linreg.run_sgd``, batched seeds).
 
-    Shared (``shared/linreg.npz`` and ``shared/linreg.json``): the exact spectrum of
-    ``I_c (x) H``, the minimum ``mu`` of the default configuration (the start point of every
+    Shared (``shared/spectrum.npz``, ``shared/linreg.npz`` and ``shared/linreg.json``): the
+    exact :class:`numeric.Spectrum` of ``I_c (x) H``, the minimum ``mu`` of the default configuration (the start point of every
     task; linear regression needs no pretraining), ``tr Sigma(mu)`` and
     ``sigma^2 = tr Sigma / tr H``, and the default learning rate (``eta_fraction`` of the
     stability edge ``2 (1 + beta) / rho_max``, docs/theory.md section 6) when ``eta`` is not
@@ -356,22 +291,27 @@ class LinregSweep(SweepExperiment):
         from .experiment import stability_edge
         from .linreg import least_squares
 
+        import numeric
+
         data = self._data(config)
         problem = least_squares(data.X, data.Y, lam=config["lam"])
-        spectrum = problem.spectrum
+        spectrum = numeric.spectrum_from_least_squares(data.X, num_outputs=data.Y.shape[1])
+        spectrum.save(shared_dir / "spectrum.npz")
         trace_sigma = compare.noise_trace(data.X, data.Y, problem.mu)
-        sigma2 = trace_sigma / float(spectrum.sum())
-        edge = stability_edge(float(spectrum.max() + config["lam"]), config["beta"])
+        sigma2 = trace_sigma / spectrum.trace
+        edge = stability_edge(float(spectrum.nodes().max() + config["lam"]), config["beta"])
         eta = config["eta"] if config["eta"] is not None else config["eta_fraction"] * edge
-        np.savez(shared_dir / "linreg.npz", spectrum=spectrum, mu=problem.mu)
+        np.savez(shared_dir / "linreg.npz", spectrum=problem.spectrum, mu=problem.mu)
         _write_json(shared_dir / "linreg.json", {
-            "noise_trace": trace_sigma, "trace_hessian": float(spectrum.sum()),
+            "noise_trace": trace_sigma, "trace_hessian": spectrum.trace,
             "sigma2": sigma2, "default_eta": eta, "stability_edge_eta": edge,
-            "num_samples": int(data.X.shape[0]), "num_parameters": int(spectrum.size),
+            "num_samples": int(data.X.shape[0]), "num_parameters": spectrum.num_parameters,
             "start_point": "minimum mu of the default configuration (exact)",
             "spectrum": "exact eigenvalues of I_c (x) X^T X / N"})
 
     def run_task(self, config, run_dir, shared_dir, *, resume, progress):
+        import numeric
+
         from . import compare
         from .experiment import speed_burn_in
         from .linreg import effective_batch_size, least_squares, run_sgd
@@ -380,14 +320,14 @@ class LinregSweep(SweepExperiment):
         shared = _read_json(shared_dir / "linreg.json")
         with np.load(shared_dir / "linreg.npz", allow_pickle=False) as arrays:
             spectrum, mu = arrays["spectrum"], arrays["mu"]
+        full_spectrum = numeric.Spectrum.load(shared_dir / "spectrum.npz")
         data = self._data(config)
         problem = least_squares(data.X, data.Y, lam=config["lam"])
         eta = config["eta"] if config["eta"] is not None else shared["default_eta"]
         beta, lam, S = config["beta"], config["lam"], config["batch_size"]
         sigma2 = shared["sigma2"]
         S_eff = effective_batch_size(S, data.X.shape[0], config["noise"])
-        nodes, weights, excluded, excluded_weight = stationary_modes(spectrum, lam)
-        top = float(nodes.max())
+        top = float(spectrum.max())
         burn_in = max(int(math.ceil(5 * float(compare.relaxation_steps(top, eta=eta, beta=beta,
                                                                          lam=lam)))),
                       speed_burn_in(spectrum, eta=eta, beta=beta, lam=lam))
@@ -404,7 +344,7 @@ class LinregSweep(SweepExperiment):
                             global_sq=global_sq, burn_in=burn_in)
         if not (np.all(np.isfinite(local)) and np.all(np.isfinite(global_sq))):
             raise FloatingPointError(f"SGD diverged at eta={eta:g}, beta={beta}, S={S}")
-        return _task_row(local, lags, global_sq, nodes, weights, excluded, excluded_weight,
+        return _task_row(local, lags, global_sq, full_spectrum,
                          eta=eta, beta=beta, lam=lam, S=S_eff, sigma2=sigma2,
                          noise_model=("gaussian N(0, sigma2 H / S)" if config["noise"] ==
                                       "gaussian" else "isotropic (Assumption 5)") +
@@ -413,9 +353,11 @@ class LinregSweep(SweepExperiment):
                                 "effective_batch_size": S_eff})
 
 
-def _task_row(local_sq, lags, global_sq, nodes, weights, excluded, excluded_weight, *, eta,
-              beta, lam, S, sigma2, noise_model, extra=None) -> dict:
+def _task_row(local_sq, lags, global_sq, spectrum, *, eta, beta, lam, S, sigma2, noise_model,
+              extra=None) -> dict:
     """One run's measured and predicted speed and exponent (see the module docstring)."""
+    import numeric
+
     local_sq = np.asarray(local_sq, dtype=np.float64)
     local_sq = local_sq[:, None] if local_sq.ndim == 1 else local_sq
     per_seed = local_sq.mean(0)
@@ -423,18 +365,19 @@ def _task_row(local_sq, lags, global_sq, nodes, weights, excluded, excluded_weig
     measured = float(per_seed.mean())
     # across independent seeds; one run gives no error bar (None)
     error = float(per_seed.std(ddof=1) / math.sqrt(seeds)) if seeds >= 2 else None
-    kwargs = dict(eta=eta, beta=beta, lam=lam, S=S, sigma2=sigma2)
-    speed = {"measured": measured, "standard_error": error,
-             "predicted": predicted_speed(nodes, weights, model="discrete", **kwargs),
-             "predicted_sde": predicted_speed(nodes, weights, model="sde", **kwargs)}
+    kwargs = dict(eta=eta, beta=beta, lam=lam, S=S, noise=numeric.IsotropicNoise(sigma2))
+    discrete = numeric.predicted_speed(spectrum, model="discrete", **kwargs)
+    speed = {"measured": measured, "standard_error": error, "predicted": float(discrete),
+             "predicted_sde": float(numeric.predicted_speed(spectrum, model="sde", **kwargs))}
     speed["z_score"] = (measured - speed["predicted"]) / error if error else None
     lags = np.asarray(lags, dtype=np.float64)
     keep = lags > 0
-    curve = predicted_displacement(nodes, weights, lags[keep], model="discrete", **kwargs)
-    exponent = exponent_comparison(lags[keep], np.asarray(global_sq)[keep], curve)
+    curve = numeric.predicted_global_displacement(spectrum, lags[keep], model="discrete",
+                                                  **kwargs)
+    exponent = exponent_comparison(lags[keep], np.asarray(global_sq)[keep], curve.value)
     return {"eta": eta, "beta": beta, "lam": lam, "S_effective": S, "sigma2": sigma2,
-            "noise_model": noise_model, "excluded_modes": excluded,
-            "excluded_weight": excluded_weight, "speed": speed, "exponent": exponent,
+            "noise_model": noise_model, "excluded_weight": discrete.excluded_weight,
+            "negative_weight": discrete.negative_weight, "speed": speed, "exponent": exponent,
             **(extra or {})}
 
 
@@ -535,7 +478,8 @@ class ResNet18Sweep(SweepExperiment):
             "S_effective": settings["batch_size"],
             "noise_model": "isotropic (Assumption 5) scaled to the measured minibatch noise "
                            "trace T over the modes with rho > 0",
-            "excluded_modes": None, "excluded_weight": ex_details.get("excluded_weight"),
+            "excluded_weight": ex_details.get("excluded_weight"),
+            "negative_weight": ex_details.get("negative_weight"),
             "speed": {"measured": speed["measured"], "standard_error": error,
                       "standard_error_with_prediction": speed["standard_error"],
                       "predicted": speed["predicted"],

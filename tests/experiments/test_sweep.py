@@ -50,6 +50,7 @@ def test_two_tasks_and_summarize_produce_the_summary(two_task_sweep):
         low, high = run["exponent"]["ci"]
         assert low <= run["exponent"]["fitted"] <= high
         assert "sigma2 = tr Sigma / tr H" in run["noise_model"]
+        assert run["excluded_weight"] >= 0 and run["negative_weight"] >= 0
     # one shared folder, reused: both runs used the same noise scale and start point
     assert len({run["sigma2"] for run in summary["runs"]}) == 1
     assert summary["shared"]["linreg"]["sigma2"] == summary["runs"][0]["sigma2"]
@@ -121,37 +122,6 @@ def _base_config():
     return sweep.LinregSweep().base_config(parser.parse_args(TINY))
 
 
-def test_stationary_modes_merge_repeats_and_leave_out_modes_without_noise():
-    class Partial:  # the nodes()/weights() interface of a partial spectrum
-        def nodes(self):
-            return np.array([3.0, 1.0, 1.0, 0.5, -0.2, 0.0])
-
-        def weights(self):
-            return np.array([1.0, 1.0, 1.0, 7.5, 2.5, 4.0])
-
-    for lam in (0.0, 0.3):  # with or without a restoring force, rho <= 0 carries no noise
-        nodes, weights, excluded, excluded_weight = sweep.stationary_modes(Partial(), lam)
-        np.testing.assert_array_equal(nodes, [0.5, 1.0, 3.0])
-        np.testing.assert_array_equal(weights, [7.5, 2.0, 1.0])
-        assert (excluded, excluded_weight) == (2, 6.5)
-    with pytest.raises(ValueError, match="positive eigenvalue"):
-        sweep.stationary_modes(np.array([-1.0, 0.0]))
-
-
-def test_weighted_predictions_equal_the_kernels_on_the_expanded_spectrum():
-    import numeric
-
-    rho = np.array([2.0, 2.0, 2.0, 0.7, 0.1, 0.1])
-    nodes, weights, _, _ = sweep.stationary_modes(rho)
-    kwargs = dict(eta=0.05, beta=0.9, lam=0.01, S=16.0, sigma2=0.3, model="discrete")
-    steps = np.array([1.0, 10.0, 300.0])
-    # identical sums of the same per-mode terms, reordered: float64 rounding only
-    np.testing.assert_allclose(sweep.predicted_speed(nodes, weights, **kwargs),
-                               numeric.instantaneous_speed(rho, **kwargs), rtol=1e-12)
-    np.testing.assert_allclose(sweep.predicted_displacement(nodes, weights, steps, **kwargs),
-                               numeric.global_displacement(rho, steps, **kwargs), rtol=1e-12)
-
-
 def _stationary_mode_covariance(rho, *, eta, beta, noise_var):
     """The exact discrete stationary covariance of (a, v) per mode (docs/theory.md section 6)."""
     M = compare._mode_propagator(rho, eta, beta, 0.0)
@@ -175,37 +145,41 @@ def test_predicted_exponent_matches_the_fitted_one_on_linear_regression():
     standard deviation 0.9-1.0). The bias of fitting log of a 64-seed mean instead of log E is
     about Var/(2 n E^2) per point and cancels to first order in the slope: far below 0.05.
     """
+    import numeric
+
     spectrum = np.concatenate([np.geomspace(1.0, 0.1, 4), np.geomspace(1e-3, 1e-4, 12)])
     data = make_synthetic(spectrum, num_samples=400, seed=0)
     problem = least_squares(data.X, data.Y)
     beta, S, sigma2, steps = 0.9, 32, 1.0, 2000
     eta = 0.1 * stability_edge(float(problem.spectrum.max()), beta)
-    nodes, weights, excluded, _ = sweep.stationary_modes(problem.spectrum)
-    assert excluded == 0 and weights.sum() == 16
-    # the exact stationary covariance is what the burn-in reaches (a check of "stationary")
-    relaxation = float(compare.relaxation_steps(nodes, eta=eta, beta=beta).max())
+    exact = numeric.spectrum_from_least_squares(data.X)
+    kwargs = dict(eta=eta, beta=beta, S=S, noise=numeric.IsotropicNoise(sigma2))
+    # a stationary start: 10 relaxation times of the slowest mode from (mu, 0)
+    relaxation = float(compare.relaxation_steps(spectrum, eta=eta, beta=beta).max())
     burn_in = int(10 * relaxation)
     traj = run_sgd(problem, eta=eta, beta=beta, batch_size=S, num_steps=burn_in + steps,
                    num_seeds=64, seed=7, noise="gaussian", sigma2=sigma2,
                    displacement_from=burn_in)
     window = traj.steps > burn_in
     lags = traj.steps[window] - burn_in
-    predicted = sweep.predicted_displacement(nodes, weights, lags, eta=eta, beta=beta, S=S,
-                                             sigma2=sigma2)
-    row = sweep.exponent_comparison(lags, traj.global_sq[window], predicted)
+    predicted = numeric.predicted_global_displacement(exact, lags, **kwargs)
+    assert predicted.excluded_weight == 0
+    row = sweep.exponent_comparison(lags, traj.global_sq[window], predicted.value)
     assert 0.1 < row["predicted"] < 0.5  # anomalous, as designed
     error = row["jackknife_standard_error"]
     assert 0 < error < 0.1
     assert abs(row["fitted"] - row["predicted"]) <= 4 * error, row
     # the stationary speed from the same start, eq. (12), discrete: 4 standard errors
     local = traj.local_sq[traj.steps >= burn_in].mean(0)
-    speed = sweep.predicted_speed(nodes, weights, eta=eta, beta=beta, S=S, sigma2=sigma2)
+    speed = float(numeric.predicted_speed(exact, **kwargs))
     assert abs(local.mean() - speed) <= 4 * local.std(ddof=1) / math.sqrt(local.size)
     # and that prediction is eta^2 sum Var(v) of the exact stationary covariance, solved as a
-    # linear system whose condition number 1 / (1 - r^2) stays below 1e5 here (r the spectral
-    # radius of the slowest mode's propagator): 1e-9 is 1e4 eps above that bound
-    cov = _stationary_mode_covariance(nodes, eta=eta, beta=beta, noise_var=sigma2 * nodes / S)
-    np.testing.assert_allclose(eta * eta * np.sum(weights * cov[:, 1, 1]), speed, rtol=1e-9)
+    # 4x4 linear system per mode whose condition number, about 1 / (1 - r^2) with r the
+    # spectral radius of the slowest mode's propagator, is below 1e4 here: its rounding is
+    # below 1e4 * 2.2e-16 ~ 2e-12 relative, and 1e-9 leaves a factor of 500
+    cov = _stationary_mode_covariance(spectrum, eta=eta, beta=beta,
+                                      noise_var=sigma2 * spectrum / S)
+    np.testing.assert_allclose(eta * eta * np.sum(cov[:, 1, 1]), speed, rtol=1e-9)
 
 
 RESNET_TINY = ["--dataset", "digits", "--num-samples", "256", "--width", "4", "--batch-size",
