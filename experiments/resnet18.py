@@ -440,9 +440,10 @@ def pretrain(config: ResNetConfig, data: ImageData, out_dir, *, progress=True) -
 
     Pretraining is SGD with momentum ``pretrain_beta``, weight decay ``pretrain_lam``, batch
     ``pretrain_batch_size``, learning rate ``pretrain_eta`` for the first 2/3 of
-    ``pretrain_steps`` and ``pretrain_final_eta`` for the rest; it checkpoints every ``checkpoint_every`` steps
-    (``pretrain_state.pt``) and resumes from there. A finished phase (``pretrained.pt``
-    present) returns at once. Returns the path of ``pretrained.pt``: ``{"model": state dict
+    ``pretrain_steps`` and ``pretrain_final_eta`` for the rest; it checkpoints every
+    ``checkpoint_every`` steps (``pretrain_state.pt``: model, optimizer, sampler state, step)
+    and resumes from there, bit for bit. A finished phase (``pretrained.pt`` present) returns
+    at once. Returns the path of ``pretrained.pt``: ``{"model": state dict
     (with batch-norm statistics), "optimizer": state dict, "step": int, "settings": JSON}``.
     """
     out_dir = Path(out_dir)

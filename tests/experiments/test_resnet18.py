@@ -162,11 +162,6 @@ def test_scale_invariant_weights_report_angular_beside_raw_displacement(tiny_run
         assert math.isfinite(_row(summary, prefix)["measured"])
 
 
-def _snapshot(out):
-    trajectory = load_run_trajectory(out)
-    return {key: value for key, value in trajectory.items()}
-
-
 def test_kill_and_resume_reproduces_the_trajectory_bitwise(tiny_run, tmp_path):
     """kill -9 the command-line run in the middle of the resumed phase, restart it with
     --resume, and compare every recorded array with the uninterrupted run, bit for bit. The
