@@ -1004,7 +1004,9 @@ def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict,
       the bulk below :math:`\\rho_k` carries the Hutchinson trace minus the top-k sum, with a
       factor between :math:`F(0)` and :math:`F(\\rho_k)`: the midpoint is used and the
       half-range enters the standard error as a uniform uncertainty). The standard error of
-      the row combines the measurement's, the trace's and that half-range.
+      the row combines the measurement's, the trace's and that half-range. ``details`` also
+      holds the same prediction over the SLQ spectrum (:func:`numeric.predicted_speed`,
+      ``slq_spectrum_prediction``).
     * ``speed drift (second half / first half of the window)``: predicted 1 (stationary).
     * ``exponent c of ||Delta_k||^2 ...``: the fitted exponents with their bootstrap standard
       error. For the displacement from :math:`\theta^*` the prediction is
@@ -1082,6 +1084,8 @@ def compare(config: ResNetConfig, trajectory: dict, spectrum: dict, noise: dict,
         predicted_c = float(numeric.predicted_exponent(full_spectrum, steps.astype(np.float64),
                                                        window=config.window, **kwargs))
         curve = numeric.predicted_global_displacement(full_spectrum, steps[-1:], **kwargs)
+        rows[0].details["slq_spectrum_prediction"] = float(numeric.predicted_speed(
+            full_spectrum, **kwargs))
         extra = {"predicted_final_displacement_sq": float(np.asarray(curve.value)[0]),
                  "measured_final_displacement_sq":
                      float(trajectory["global_displacement_sq"][-1]),
