@@ -320,3 +320,30 @@ def test_pretraining_killed_between_checkpoints_resumes_bitwise(tmp_path, monkey
                          weights_only=True)
     for name, value in whole["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
+
+
+def test_momentum_buffer_restarts_at_zero_unless_carried(tmp_path):
+    """The first resumed step is v_1 = -(g_0 + lam theta_0) when the buffer restarts (the
+    paper's protocol) and beta v_0 - (g_0 + lam theta_0), v_0 the pretraining buffer, when it
+    is carried: same data, same model, so its length differs only if the option acts."""
+    import experiments.resnet18 as resnet18
+
+    data = load_image_dataset("digits", num_samples=64)
+    base = dict(num_samples=64, width=4, pretrain_batch_size=16, batch_size=16,
+                pretrain_steps=20, checkpoint_every=10, steps=30, eigenpairs=2)
+    (tmp_path / "pre").mkdir()
+    path = resnet18.pretrain(ResNetConfig(**base), data, tmp_path / "pre", progress=False)
+    state = torch.load(path, weights_only=True)
+    first = {}
+    for carry in (False, True):
+        config = ResNetConfig(**base, carry_momentum=carry)
+        model = resnet18.make_model(config, data)
+        model.load_state_dict(state["model"])
+        size = sum(p.numel() for p in model.parameters())
+        directions = torch.linalg.qr(torch.randn(size, 2, dtype=torch.float32))[0].T
+        out = tmp_path / f"carry_{carry}"
+        trajectory = resnet18.train_and_record(config, model, data,
+                                               {"eigenvectors": directions}, state, out,
+                                               progress=False)
+        first[carry] = trajectory["local_displacement_sq"][0]
+    assert first[True] != first[False]
