@@ -70,6 +70,8 @@ __all__ = [
     "all_reduce_mean",
     "SmallConvNet",
     "train_small_convnet",
+    "run_resnet18_ddp",
+    "train_and_record_ddp",
     "main",
 ]
 
@@ -524,9 +526,203 @@ def train_small_convnet(out_dir, *, steps: int, global_batch: int = 32, eta: flo
         for key, value in record.items()}
 
 
+# --------------------------------------------------------------------------------------------
+# the ResNet-18 runner under DDP
+# --------------------------------------------------------------------------------------------
+
+
+def run_resnet18_ddp(config, out_dir, *, resume: bool = False, progress: bool = True,
+                     context: DistributedContext | None = None) -> dict | None:
+    """:func:`experiments.resnet18.run_resnet18` with its resumed SGD phase on every rank.
+
+    One process (``WORLD_SIZE`` unset or 1) is ``run_resnet18`` itself. With N ranks: rank 0
+    alone pretrains and measures the spectrum (the runner's phase functions and files);
+    then every rank loads the pretrained point and runs :func:`train_and_record_ddp` (global
+    batch ``config.batch_size`` split across the ranks, BatchNorm over the global batch,
+    DistributedDataParallel); the ranks leave the process group; and rank 0 finishes the run
+    with ``run_resnet18(..., resume=True)``, which finds every phase done up to the trajectory
+    and computes the bulk, the noise, the landscape, the comparisons and the figures. Returns
+    the summary on rank 0 and None elsewhere. ``out_dir`` is required (every rank must name
+    the same folder). On CUDA each rank computes on ``cuda:LOCAL_RANK`` with nccl.
+    """
+    import dataclasses as _dc
+    import json
+
+    from . import resnet18 as runner
+
+    context = init_distributed(device=config.device.split(":")[0]) if context is None \
+        else context
+    if not context.distributed:
+        return runner.run_resnet18(config, out_dir, resume=resume, progress=progress)
+    if out_dir is None:
+        raise ValueError("out_dir must be given when running on several ranks (each rank "
+                         "would otherwise pick its own default folder)")
+    config.validate()
+    per_rank_batch_size(config.batch_size, context.world_size)
+    if context.device.type == "cuda":
+        config = _dc.replace(config, device=str(context.device))
+    out_dir = Path(out_dir)
+
+    def prepare():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config_file = out_dir / "config.json"
+        if config_file.exists():
+            if not resume:
+                raise ValueError(f"output folder {out_dir} already holds a run; pass --resume "
+                                 "to continue it or choose another --out")
+            runner._check_settings(json.loads(config_file.read_text()), config,
+                                   [k for k in json.loads(config_file.read_text())
+                                    if k != "device"], f"the run in {out_dir}")
+        else:
+            runner._save_json(config_file, config.to_dict())
+        torch.manual_seed(config.seed)
+        data = runner.load_image_dataset(config.dataset, data_dir=config.data_dir,
+                                         seed=config.seed, num_samples=config.num_samples)
+        if config.pretrained is None:
+            runner.pretrain(config, data, out_dir, progress=progress)
+        model, _ = runner._load_pretrained(config, data, runner._pretrained_file(config,
+                                                                                 out_dir))
+        runner.measure_spectrum(config, model, data, out_dir, progress=progress)
+
+    error = [None]
+    if context.is_main:
+        try:
+            prepare()
+        except (ValueError, FileNotFoundError) as err:  # tell the other ranks, then raise
+            error = [f"{type(err).__name__}: {err}"]
+    dist.broadcast_object_list(error, src=0, group=context.group)
+    if error[0] is not None:
+        shutdown(context)
+        raise ValueError(f"rank 0 could not prepare the run: {error[0]}")
+    data = runner.load_image_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                     num_samples=config.num_samples)
+    model, pretrained_state = runner._load_pretrained(
+        config, data, runner._pretrained_file(config, out_dir))
+    spectrum = runner.measure_spectrum(config, model, data, out_dir, progress=False)
+    train_and_record_ddp(config, model, data, spectrum, pretrained_state, out_dir,
+                         resume=resume, progress=progress, context=context)
+    shutdown(context)
+    if not context.is_main:
+        return None
+    return runner.run_resnet18(config, out_dir, resume=True, progress=progress)
+
+
+def train_and_record_ddp(config, model, data, spectrum: dict, pretrained_state: dict, out_dir,
+                         *, resume=False, progress=True,
+                         context: DistributedContext) -> None:
+    """The resumed SGD phase of :func:`experiments.resnet18.train_and_record` on every rank:
+    the same files (``trajectory/``, ``window/``, ``extras/``, ``snapshots/``,
+    ``train_state.pt``, ``trajectory.done``), written by rank 0, with the same global batches
+    (one :class:`experiments.vision.EpochSampler` for the global batch on every rank, each rank
+    keeping rows ``r, r + N, ...``: the ``DistributedSampler`` rule), the gradient averaged by
+    DistributedDataParallel and BatchNorm over the global batch. Every rank resumes from
+    ``train_state.pt``. The recorded loss is the global batch's (all-reduced)."""
+    from . import resnet18 as runner
+    from .vision import EpochSampler
+
+    out_dir = Path(out_dir)
+    folders = {name: out_dir / name for name in ("trajectory", "window", "extras", "snapshots")}
+    if (out_dir / "trajectory.done").exists():
+        return
+    main_rank = context.is_main
+    if main_rank:
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+    start_flat = runner._flat(model).clone()
+    tracker = runner._ScaleInvariantTracker(model, start_flat=start_flat) if main_rank else None
+    network = wrap_model(model, context)
+    module = network.module
+    optimizer = runner.make_optimizer(module, eta=config.eta, beta=config.beta, lam=config.lam)
+    if config.carry_momentum:
+        optimizer.load_state_dict(pretrained_state["optimizer"])
+        for group in optimizer.param_groups:
+            group.update(lr=config.eta, momentum=config.beta, weight_decay=config.lam)
+    sampler = EpochSampler(data.num_samples, config.batch_size, seed=config.seed + 1)
+    state_file = out_dir / "train_state.pt"
+    step = 0
+    if state_file.exists():
+        if not resume:
+            raise ValueError(f"{out_dir} holds a resumed run in progress; pass resume=True "
+                             f"(--resume) to continue it, or use a new output folder")
+        state = runner._load_torch(state_file, context.device)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        step = int(state["step"])
+    w0, every = config.window_start, config.checkpoint_every
+    settings = {**config.to_dict(), "S": config.batch_size}
+    recorder = window = None
+    if main_rank:
+        runner._drop_chunks_after(folders["trajectory"], step)
+        runner._drop_chunks_after(folders["extras"], step)
+        runner._drop_chunks_after(folders["window"], step, offset=w0)
+        directions = spectrum["eigenvectors"].to(context.device, config.torch_dtype)
+        recorder = numeric_recorder(optimizer, directions=directions, reference=start_flat,
+                                    path=folders["trajectory"], chunk_size=every,
+                                    settings=settings)
+        if step >= w0:
+            window = numeric_recorder(optimizer, path=folders["window"], chunk_size=every,
+                                      settings=settings)
+        runner._save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
+    snapshots = set(config.snapshot_steps)
+    if main_rank and step == 0 and 0 in snapshots:
+        runner._save_torch(folders["snapshots"] / "step_0.pt", start_flat.cpu())
+    steps = runner._progress(range(step, config.steps), enabled=progress and main_rank,
+                             desc=f"resumed SGD x{context.world_size} ranks",
+                             total=config.steps, initial=step)
+    for k in steps:
+        x, y = runner._training_batch(config, data, sampler, config.seed + 29)
+        x, y = x[context.rank::context.world_size], y[context.rank::context.world_size]
+        local = runner.sgd_step(network, optimizer, x, y, amp=config.amp)
+        loss = all_reduce_mean(local.double() * len(y), len(y), context).reshape(())
+        done = k + 1
+        if main_rank:
+            recorder.record(loss)
+            if window is not None:
+                window.record(loss)
+            tracker.record(done)
+            if done in snapshots:
+                runner._save_torch(folders["snapshots"] / f"step_{done}.pt",
+                                   runner._flat(module).cpu())
+        if done % every == 0:
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"the resumed run diverged (loss {float(loss)} at "
+                                         f"step {done}); lower eta (got {config.eta})")
+            if main_rank:
+                recorder.flush()
+                if window is not None:
+                    window.flush()
+                tracker.flush(folders["extras"])
+            on_main(context, runner._save_torch, state_file,
+                    {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                     "sampler": sampler.state_dict(), "step": done})
+            if main_rank and done == w0 and window is None:
+                window = numeric_recorder(optimizer, path=folders["window"], chunk_size=every,
+                                          settings=settings)
+    if main_rank:
+        recorder.close()
+        if window is not None:
+            window.close()
+        tracker.flush(folders["extras"])
+        runner._atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
+    context.barrier()
+
+
+def numeric_recorder(optimizer, **kwargs):
+    """``numeric.TrajectoryRecorder`` (imported here: rank 0 alone records)."""
+    import numeric
+
+    return numeric.TrajectoryRecorder(optimizer, **kwargs)
+
+
 def main(argv=None) -> int:
     """``torchrun --nproc_per_node=N -m experiments.distributed --out DIR --steps K``: train
-    :class:`SmallConvNet` (resumable), rank 0 writes ``record.npz``."""
+    :class:`SmallConvNet` (resumable), rank 0 writes ``record.npz``;
+    ``torchrun --nproc_per_node=N -m experiments.distributed resnet18 [resnet18 options]``:
+    :func:`run_resnet18_ddp`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["resnet18"]:
+        return _resnet18_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m experiments.distributed",
                                      description=train_small_convnet.__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
@@ -557,6 +753,26 @@ def main(argv=None) -> int:
                   f"{path}")
     finally:
         shutdown(context)
+    return 0
+
+
+def _resnet18_main(argv) -> int:
+    from . import resnet18 as runner
+    from .report import format_table, to_jsonable
+
+    parser = argparse.ArgumentParser(prog="python -m experiments.distributed resnet18")
+    runner.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = runner.config_from_args(args)
+        summary = run_resnet18_ddp(config, args.out, resume=args.resume,
+                                   progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(format_table(to_jsonable(summary["comparisons"])))
+        print(f"\nfigures, summary.json and report.md in {summary['settings']['out_dir']}/")
     return 0
 
 

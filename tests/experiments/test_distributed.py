@@ -275,3 +275,37 @@ def test_errors_name_the_argument(monkeypatch):
     batches = [(torch.zeros(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1]))]
     with pytest.raises(ValueError, match="distributed=True needs an initialised"):
         numeric.hutchinson_trace(model, _loss, batches, num_samples=2, distributed=True)
+
+
+RESNET_TINY = ["--dataset", "digits", "--num-samples", "256", "--width", "4", "--batch-size",
+               "32", "--pretrain-batch-size", "32", "--pretrain-steps", "100", "--steps", "150",
+               "--checkpoint-every", "50", "--eigenpairs", "3", "--hessian-samples", "128",
+               "--trace-samples", "4", "--noise-batches", "8", "--landscape-points", "3",
+               "--slq-probes", "2", "--slq-steps", "6", "--dtype", "float64", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_resnet18_runner_on_two_gloo_ranks_follows_one_process(tmp_path):
+    """``torchrun -m experiments.distributed resnet18``: the resumed phase of the ResNet-18
+    runner (width 4, BatchNorm over the global batch) on 2 ranks against the runner in one
+    process. Same tolerance as above for float64 quantities; the recorded loss is the runner's
+    float32 copy of the minibatch loss, so it agrees to float32 rounding (2^-23 ~ 1.2e-7)."""
+    pytest.importorskip("experiments.resnet18")
+    from experiments.resnet18 import load_run_trajectory
+
+    _torchrun(["-m", "experiments.distributed", "resnet18", "--out", str(tmp_path / "two"),
+               *RESNET_TINY], timeout=600)
+    # the reference in a subprocess too: the runner's initial draws follow torch's default
+    # dtype, which this test suite sets to float64
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    subprocess.run([sys.executable, "-m", "experiments", "resnet18", "--out",
+                    str(tmp_path / "one"), *RESNET_TINY], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=600)
+    two, one = load_run_trajectory(tmp_path / "two"), load_run_trajectory(tmp_path / "one")
+    for key in ("local_displacement_sq", "global_displacement_sq", "theta_projection",
+                "velocity_projection"):
+        expected = np.asarray(one[key])
+        np.testing.assert_allclose(np.asarray(two[key]), expected, rtol=RTOL,
+                                   atol=RTOL * np.abs(expected).max(), err_msg=key)
+    np.testing.assert_allclose(np.asarray(two["loss"]), np.asarray(one["loss"]), rtol=2.4e-7)
