@@ -117,6 +117,14 @@ def main(argv=None) -> int:
     if args.command == "resnet18":
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            # started by torchrun: the resumed phase trains on every rank with DDP
+            from .distributed import main as distributed_main
+
+            return distributed_main(["resnet18", *(argv if argv is not None else
+                                                   sys.argv[1:])[1:]])
         from .resnet18 import cli_main
 
         return cli_main(args)
