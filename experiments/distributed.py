@@ -47,13 +47,14 @@ import datetime
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from numeric._io import atomic_write
 
 __all__ = [
     "DistributedContext",
@@ -438,14 +439,7 @@ def _velocity(optimizer, model):
 
 
 def _atomic_torch_save(path: Path, obj) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        torch.save(obj, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def train_small_convnet(out_dir, *, steps: int, global_batch: int = 32, eta: float = 0.05,
@@ -745,10 +739,7 @@ def main(argv=None) -> int:
             dtype=torch.float32 if args.float32 else torch.float64, context=context)
         if record is not None:
             path = Path(args.out) / "record.npz"
-            handle, temporary = tempfile.mkstemp(suffix=".npz", dir=args.out)
-            os.close(handle)
-            np.savez(temporary, **record)
-            os.replace(temporary, path)
+            atomic_write(path, lambda stream: np.savez(stream, **record))
             print(f"rank 0 of {context.world_size}: {len(record['steps'])} steps recorded in "
                   f"{path}")
     finally:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import dataclasses
 import json
 import math
 import os
@@ -63,6 +62,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from numeric._io import atomic_write_text
 
 __all__ = [
     "VARIABLES",
@@ -105,26 +106,10 @@ class SweepMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file in the same folder and ``os.replace`` it."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _write_json(path: Path, value) -> None:
     from .report import to_jsonable
 
-    _atomic_write_text(path, json.dumps(to_jsonable(value), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(to_jsonable(value), indent=2, allow_nan=False) + "\n")
 
 
 def _read_json(path: Path):
@@ -602,7 +587,7 @@ def ensure_shared(out, manifest: dict, *, progress: bool = False) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".shared-", dir=out))
     try:
         experiment.prepare_shared(manifest["base_config"], staging, progress=progress)
-        _atomic_write_text(staging / DONE, "")
+        atomic_write_text(staging / DONE, "")
         try:
             os.rename(staging, shared)
         except OSError:
@@ -642,7 +627,7 @@ def run_task(out, index: int, *, progress: bool = False) -> str:
     row = {"task": task["name"], "index": index, "vary": manifest["vary"],
            "value": task["value"], "config": task["config"], **row}
     _write_json(run_dir / SUMMARY, row)
-    _atomic_write_text(run_dir / DONE, "")
+    atomic_write_text(run_dir / DONE, "")
     return "resumed" if resume else "ran"
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._spectrum import atomic_write as _atomic_write
+from ._io import atomic_write as _atomic_write
 from ._trajectory import TrajectoryWriter, load_trajectory, trajectory_manifest
 
 __all__ = ["TrajectoryRecorder", "load_trajectory"]

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ import numpy as np
 
 from . import kernels
 from ._estimators import fit_power_law
+from ._io import atomic_write
 from ._noise import noise_scale_fit
 
 __all__ = [
@@ -317,24 +316,6 @@ class Spectrum:
                    trace_stderr=meta["trace_stderr"], num_parameters=meta["num_parameters"],
                    bulk_method=meta["bulk_method"], num_hvps=meta["num_hvps"],
                    info=meta["info"], **arrays)
-
-
-def atomic_write(path, write) -> None:
-    """Write through a temporary file in the same folder, then ``os.replace``: a reader (or a
-    killed run) sees the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

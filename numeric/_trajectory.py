@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._spectrum import atomic_write
+from ._io import atomic_write
 
 __all__ = [
     "Trajectory",
