@@ -40,7 +40,7 @@ from .data import DATASETS, load_dataset
 from .linreg import BACKENDS, NOISE_MODELS, effective_batch_size, least_squares, run_sgd
 
 __all__ = ["LinregConfig", "DEMO_CONFIG", "default_out_dir", "stability_edge",
-           "speed_burn_in", "run_linreg"]
+           "speed_burn_in", "displacement_burn_in", "run_linreg"]
 
 
 @dataclass
@@ -50,7 +50,9 @@ class LinregConfig:
     ``eta`` defaults to ``eta_fraction`` of the stability edge ``2 (1 + beta) / h_max`` of the
     data set. ``steps`` is the stationary window after the burn-in; ``seeds`` the number of
     independent runs per phase (batched); ``seed`` the base seed of data shuffling and noise.
-    ``num_directions`` top Hessian eigenvectors are recorded every step.
+    ``num_directions`` top Hessian eigenvectors are recorded every step. ``burn_in`` (steps
+    before the stationary window) defaults to the larger of :func:`speed_burn_in` and
+    :func:`displacement_burn_in`.
     """
 
     dataset: str = "mnist5k"
@@ -74,6 +76,7 @@ class LinregConfig:
     backend: str = "numpy"
     device: str | None = None
     loss_every: int = 10
+    burn_in: int | None = None
     synthetic: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -101,6 +104,9 @@ class LinregConfig:
                 raise ValueError(f"{name} must be an integer >= {minimum}, but got {value!r}")
         if not self.lam >= 0:
             raise ValueError(f"lam must be >= 0, but got {self.lam}")
+        if self.burn_in is not None and not (isinstance(self.burn_in, int) and self.burn_in >= 0):
+            raise ValueError(f"burn_in must be None (automatic) or an integer >= 0, but got "
+                             f"{self.burn_in!r}")
 
 
 # `make demo`: mnist5k with everything, about 1 minute of CPU time (58 s measured).
@@ -137,6 +143,58 @@ def speed_burn_in(spectrum, *, eta, beta, lam=0.0, tol=1e-3, max_steps=100_000) 
         if abs(P[:, 1, 1].sum() - target) <= tol * target:
             return k
     return max_steps
+
+
+def displacement_burn_in(spectrum, max_lag, *, eta, beta, lam=0.0, tol=1e-3,
+                         max_steps=1_000_000) -> int:
+    r"""Steps ``B`` after which ``E||theta_{B+K} - theta_B||^2`` from a start at ``(mu, 0)`` is
+    within ``tol`` (relative) of its stationary value at every lag ``K <= max_lag``.
+
+    Exact for the discrete recursion (docs/theory.md section 6) with ``Sigma = sigma^2 H``: with
+    ``P_n = P - M^n P M^{nT}`` the covariance ``n`` steps after a deterministic start and
+    ``Cov(z_{B+K}, z_B) = M^K P_B``, the deficit of one mode's displacement is
+
+    .. math:: E\|\Delta\|^2_{ss} - E\|\Delta\|^2_B
+              = [(M^K - I)\, M^B P M^{BT} (M^K - I)^T]_{aa} \ge 0 .
+
+    Slow modes relax over many steps but, at lags shorter than their relaxation time, add little
+    to the displacement; this weighs each mode's deficit by what it adds, which
+    :func:`speed_burn_in` (velocities only) does not. The noise scale cancels in the ratio.
+    ``B`` is found by bisection on a doubling bracket; underdamped modes make the deficit
+    oscillate in ``B``, so a smaller ``B`` may pass too, but the returned one always does."""
+    rho, count = np.unique(compare.positive_spectrum(spectrum), return_counts=True)
+    var_a, var_v = numeric.stationary_variance(rho, eta=eta, beta=beta, lam=lam, S=1.0,
+                                               sigma2=1.0, model="discrete")
+    P = np.empty(rho.shape + (2, 2))
+    P[:, 0, 0], P[:, 1, 1] = var_a, var_v
+    P[:, 0, 1] = P[:, 1, 0] = 0.5 * eta * var_v  # P_av = eta P_vv / 2 (section 6)
+    M = compare._mode_propagator(rho, eta, beta, lam)
+    lags = np.unique(np.geomspace(1, max(int(max_lag), 1), 24).astype(int))
+    # first row of M^K - I, (lags, modes, 2): the position part of z_{B+K} - z_B
+    row = np.stack([np.linalg.matrix_power(M, int(K))[:, 0, :] for K in lags])
+    row[..., 0] -= 1.0
+    stationary = np.einsum("kmj,mjl,kml->km", row, P, row) @ count  # E||Delta_K||^2_ss
+
+    def deficit(B):
+        MB = np.linalg.matrix_power(M, int(B))
+        X = MB @ P @ np.swapaxes(MB, -1, -2)
+        return np.einsum("kmj,mjl,kml->km", row, X, row) @ count
+
+    def relaxed(B):
+        return bool(np.all(deficit(B) <= tol * stationary))
+
+    if relaxed(0):
+        return 0
+    high = 1
+    while not relaxed(high):
+        if high >= max_steps:
+            return max_steps
+        high = min(2 * high, max_steps)
+    low = high // 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if relaxed(mid) else (mid, high)
+    return high
 
 
 def _versions() -> dict:
@@ -257,8 +315,12 @@ def run_linreg(config: LinregConfig, out_dir=None, *, progress: bool = True,
 
     # --- phase 1: stationary run at (eta, beta) ------------------------------------------
     relax_top = float(np.max(compare.relaxation_steps(rho_top, eta=eta, beta=beta, lam=lam)))
-    burn_in = max(int(math.ceil(5 * relax_top)),
-                  speed_burn_in(spectrum, eta=eta, beta=beta, lam=lam))
+    # The displacement rows need every mode that adds to E||Delta_k||^2 over the window relaxed,
+    # not only the velocities: a bias of 0.2% stays well below the seeds' standard error (~1%).
+    burn_in = config.burn_in if config.burn_in is not None else max(
+        int(math.ceil(5 * relax_top)),
+        speed_burn_in(spectrum, eta=eta, beta=beta, lam=lam),
+        displacement_burn_in(spectrum, config.steps, eta=eta, beta=beta, lam=lam, tol=2e-3))
     traj = run_sgd(problem, eta=eta, beta=beta, num_steps=burn_in + config.steps,
                    num_seeds=config.seeds, seed=config.seed + 1, directions=directions,
                    loss_every=config.loss_every, displacement_from=burn_in, **common)

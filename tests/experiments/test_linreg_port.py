@@ -32,7 +32,8 @@ def _run(reference, tmp_path):
                           seeds=settings["seeds"], sweep_steps=settings["sweep_steps"],
                           sweep_fractions=tuple(settings["sweep_fractions"]),
                           transient_betas=tuple(settings["transient_betas"]),
-                          seed=settings["seed"], noise=settings["noise"])
+                          seed=settings["seed"], noise=settings["noise"],
+                          burn_in=reference["burn_in"])  # the earlier rule's burn-in
     return run_linreg(config, tmp_path, progress=False, log=lambda *args: None)
 
 
