@@ -132,8 +132,8 @@ class ResNetConfig:
         noise_batches: minibatch gradients for the noise trace (even, >= 4).
         landscape_points: grid points per axis of Fig. 3.
         augment: random translations of training batches (never in measurements).
-        amp: bfloat16 autocast of the forward pass; the update itself is unchanged (exactly
-            one ``optimizer.step()`` per step, no loss scaling, fp32 parameters).
+        amp: bfloat16 autocast of the forward pass on CUDA; the update itself is unchanged
+            (exactly one ``optimizer.step()`` per step, no loss scaling, fp32 parameters).
         checkpoint_every: steps between checkpoints (= rows per trajectory chunk).
         snapshot_steps: resumed steps at which the flat parameters are saved (checks).
         seed: seed of the data shuffle, initialisation, data order and probes.
@@ -217,6 +217,10 @@ class ResNetConfig:
         need(self.dtype in ("float32", "float64"), "dtype", self.dtype, "float32 or float64")
         need(all(0 <= s <= self.steps for s in self.snapshot_steps), "snapshot_steps",
              self.snapshot_steps, f"steps in [0, {self.steps}]")
+        # bfloat16 autocast on the CPU (torch 2.14) returned non-finite gradients on its first
+        # call in a process, which would change the update: AMP is for CUDA only
+        need(not self.amp or self.device.startswith("cuda"), "amp", self.amp,
+             "False on the CPU (bfloat16 autocast there gave non-finite gradients on first use)")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device must be cpu on this machine (no CUDA device), but got "
                              f"{self.device!r}")
@@ -1345,8 +1349,8 @@ def add_arguments(parser) -> None:
     add("--augment", action="store_true",
         help="random translations of training batches (never in measurements)")
     add("--amp", action="store_true",
-        help="bfloat16 autocast of forward and backward; the update is unchanged (one "
-             "optimizer step per step, no loss scaling)")
+        help="bfloat16 autocast of forward and backward, CUDA only; the update is unchanged "
+             "(one optimizer step per step, no loss scaling)")
     add("--checkpoint-every", type=positive, default=d.checkpoint_every,
         help=f"steps between checkpoints ({d.checkpoint_every})")
     add("--seed", type=int, default=d.seed, help=f"seed of data, initialisation, order ({d.seed})")
