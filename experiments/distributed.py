@@ -530,12 +530,15 @@ def run_resnet18_ddp(config, out_dir, *, resume: bool = False, progress: bool = 
     """:func:`experiments.resnet18.run_resnet18` with its resumed SGD phase on every rank.
 
     One process (``WORLD_SIZE`` unset or 1) is ``run_resnet18`` itself. With N ranks: rank 0
-    alone pretrains and measures the spectrum (the runner's phase functions and files);
-    then every rank loads the pretrained point and runs :func:`train_and_record_ddp` (global
+    alone pretrains (the runner's phase function and file); then every rank loads the
+    pretrained point and measures the top-k spectrum, the SLQ bulk and the noise trace with
+    the data sharded across the ranks and the products all-reduced (the runner's
+    ``measure_spectrum``, ``measure_bulk`` and ``estimate_noise`` with ``distributed``; rank 0
+    writes their files), and runs :func:`train_and_record_ddp` (global
     batch ``config.batch_size`` split across the ranks, BatchNorm over the global batch,
     DistributedDataParallel); the ranks leave the process group; and rank 0 finishes the run
     with ``run_resnet18(..., resume=True)``, which finds every phase done up to the trajectory
-    and computes the bulk, the noise, the landscape, the comparisons and the figures. Returns
+    and computes the landscape, the comparisons and the figures. Returns
     the summary on rank 0 and None elsewhere. ``out_dir`` is required (every rank must name
     the same folder). On CUDA each rank computes on ``cuda:LOCAL_RANK`` with nccl.
     """
@@ -574,9 +577,6 @@ def run_resnet18_ddp(config, out_dir, *, resume: bool = False, progress: bool = 
                                          seed=config.seed, num_samples=config.num_samples)
         if config.pretrained is None:
             runner.pretrain(config, data, out_dir, progress=progress)
-        model, _ = runner._load_pretrained(config, data, runner._pretrained_file(config,
-                                                                                 out_dir))
-        runner.measure_spectrum(config, model, data, out_dir, progress=progress)
 
     error = [None]
     if context.is_main:
@@ -592,7 +592,14 @@ def run_resnet18_ddp(config, out_dir, *, resume: bool = False, progress: bool = 
                                      num_samples=config.num_samples)
     model, pretrained_state = runner._load_pretrained(
         config, data, runner._pretrained_file(config, out_dir))
-    spectrum = runner.measure_spectrum(config, model, data, out_dir, progress=False)
+    shards = context.group if context.group is not None else True
+    show = progress and context.is_main
+    spectrum = runner.measure_spectrum(config, model, data, out_dir, progress=show,
+                                       distributed=shards)
+    runner.measure_bulk(config, model, data, spectrum, out_dir, progress=show,
+                        distributed=shards)
+    runner.estimate_noise(config, model, data, spectrum["eigenvectors"], out_dir,
+                          progress=show, distributed=shards)
     train_and_record_ddp(config, model, data, spectrum, pretrained_state, out_dir,
                          resume=resume, progress=progress, context=context)
     shutdown(context)

@@ -537,20 +537,44 @@ def _loss_fn(outputs, targets):
     return torch.nn.functional.cross_entropy(outputs, targets)
 
 
-def _hessian_batches(config, data, batch_size=256):
+def _ranks(distributed):
+    """``distributed`` (False, True or a process group) -> (group or None, rank, world size)."""
+    from numeric._hessian import _check_distributed
+
+    group = _check_distributed(distributed)
+    if group is None:
+        return None, 0, 1
+    return group, torch.distributed.get_rank(group), torch.distributed.get_world_size(group)
+
+
+def _write_on_rank_0(group, rank, write):
+    """Rank 0 writes (``write()``); every rank of ``group`` then waits for the file."""
+    if rank == 0:
+        write()
+    if group is not None:
+        torch.distributed.barrier(group=group)
+
+
+def _hessian_batches(config, data, batch_size=256, *, rank=0, world_size=1):
+    """The fixed Hessian batches; with ``world_size`` ranks, this rank's share: whole batches
+    ``rank, rank + world_size, ...``, so that every batch (and its batch-norm statistics with
+    ``bn_mode="batch"``) is the one a single process uses."""
     subset = data.subset(min(config.hessian_samples, data.num_samples))
+    starts = list(range(0, subset.num_samples, batch_size))[rank::world_size]
     return [subset.batch(torch.arange(s, min(s + batch_size, subset.num_samples)),
                          device=config.device, dtype=config.torch_dtype)
-            for s in range(0, subset.num_samples, batch_size)]
+            for s in starts]
 
 
 def _operator_model(config, model):
     return _BatchStatisticsModel(model) if config.bn_mode == "batch" else model
 
 
-def _full_gradient(model, batches):
-    """Gradient of the mean loss over ``batches`` in eval mode, flat, float64."""
-    total = None
+def _full_gradient(model, batches, group=None):
+    """Gradient of the mean loss over ``batches`` in eval mode, flat, float64; with a process
+    ``group``, over the union of the ranks' ``batches`` (sums and counts all-reduced)."""
+    total = torch.zeros(sum(p.numel() for p in model.parameters()), dtype=torch.float64,
+                        device=next(model.parameters()).device)
     count = 0
     with _preserved_state(model):
         model.eval()
@@ -558,14 +582,19 @@ def _full_gradient(model, batches):
             model.zero_grad(set_to_none=True)
             (_loss_fn(model(x), y) * len(y)).backward()
             flat = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
-            total = flat if total is None else total + flat
+            total = total + flat
             count += len(y)
     model.zero_grad(set_to_none=True)
+    if group is not None:  # backward outside DDP: reduce explicitly
+        counts = torch.tensor([float(count)], dtype=torch.float64, device=total.device)
+        torch.distributed.all_reduce(total, group=group)
+        torch.distributed.all_reduce(counts, group=group)
+        count = int(round(float(counts)))
     return total / count
 
 
 def measure_spectrum(config: ResNetConfig, model, data: ImageData, out_dir,
-                     *, progress=True) -> dict:
+                     *, progress=True, distributed=False) -> dict:
     """Top-k eigenpairs and trace of the training-loss Hessian at the model's parameters.
 
     The operator is the Hessian of the mean cross-entropy over the first ``hessian_samples``
@@ -576,7 +605,12 @@ def measure_spectrum(config: ResNetConfig, model, data: ImageData, out_dir,
     error). Also the full-batch gradient :math:`g^*` and the parameters projected on the
     eigenvectors (for the mean :math:`\\mu` of eq. 10). Buffers are saved and restored around
     the measurement. Saved as ``spectrum.pt`` (tensors only); a present file is loaded.
+
+    ``distributed`` (True or a process group; every rank calls with the same arguments): the
+    Hessian batches are dealt out whole to the ranks, products and the gradient all-reduced
+    (the same operator as one process); rank 0 writes the file, every rank returns the result.
     """
+    group, rank, world = _ranks(distributed)
     path = Path(out_dir) / "spectrum.pt"
     if config.pretrained is not None:
         reused = Path(config.pretrained) / "spectrum.pt"
@@ -592,15 +626,18 @@ def measure_spectrum(config: ResNetConfig, model, data: ImageData, out_dir,
         _check_settings(json.loads(stored["settings"]), config, _SPECTRUM_KEYS,
                         f"the spectrum {path}")
         return stored
-    batches = _hessian_batches(config, data)
+    batches = _hessian_batches(config, data, rank=rank, world_size=world)
     operator_model = _operator_model(config, model)
+    shard = group if group is not None else False
     with _preserved_state(model):
         pairs = numeric.hessian_eigenpairs(operator_model, _loss_fn, batches, config.eigenpairs,
-                                           tol=config.eigen_tol, seed=config.seed)
+                                           tol=config.eigen_tol, seed=config.seed,
+                                           distributed=shard)
         trace = numeric.hutchinson_trace(operator_model, _loss_fn, batches,
                                          num_samples=config.trace_samples,
-                                         generator=torch.Generator().manual_seed(config.seed))
-    gradient = _full_gradient(model, batches)
+                                         generator=torch.Generator().manual_seed(config.seed),
+                                         distributed=shard)
+    gradient = _full_gradient(model, batches, group)
     vectors = pairs.eigenvectors.to(config.torch_dtype)
     theta = _flat(model)
     result = {
@@ -616,19 +653,20 @@ def measure_spectrum(config: ResNetConfig, model, data: ImageData, out_dir,
         "gradient_norm_sq": float(gradient @ gradient),
         "settings": json.dumps(config.to_dict()),
     }
-    _save_torch(path, result)
+    _write_on_rank_0(group, rank, lambda: _save_torch(path, result))
     return result
 
 
 def measure_bulk(config: ResNetConfig, model, data: ImageData, spectrum: dict, out_dir,
-                 *, progress=True):
+                 *, progress=True, distributed=False):
     """The whole spectrum as a :class:`numeric.Spectrum`: the top-k eigenpairs of
     :func:`measure_spectrum` and the bulk below them by stochastic Lanczos quadrature
     (:func:`numeric.spectrum_from_model`: ``slq_probes`` probes of ``slq_steps`` steps with the
     top k deflated, on the same operator and batch-norm mode; docs/theory.md section 8), so
     that eq. 13 can be predicted over all modes. Saved as ``spectrum_bulk.npz`` (without the
     eigenvectors, which ``spectrum.pt`` holds); a present file with matching settings, here
-    or in ``pretrained``, is loaded."""
+    or in ``pretrained``, is loaded. ``distributed``: as in :func:`measure_spectrum`."""
+    group, rank, world = _ranks(distributed)
     path = Path(out_dir) / "spectrum_bulk.npz"
     candidates = [path]
     if config.pretrained is not None:
@@ -645,11 +683,13 @@ def measure_bulk(config: ResNetConfig, model, data: ImageData, spectrum: dict, o
         converged=bool(spectrum["converged"]))
     with _preserved_state(model):
         full = numeric.spectrum_from_model(
-            _operator_model(config, model), _loss_fn, _hessian_batches(config, data),
+            _operator_model(config, model), _loss_fn,
+            _hessian_batches(config, data, rank=rank, world_size=world),
             k=config.eigenpairs, num_probes=config.slq_probes, lanczos_steps=config.slq_steps,
-            seed=config.seed, eigenpairs=pairs, progress=progress)
+            seed=config.seed, eigenpairs=pairs, progress=progress and rank == 0,
+            distributed=group if group is not None else False)
     full.info["settings"] = {k: config.to_dict()[k] for k in _BULK_KEYS}
-    full.save(path, eigenvectors=False)
+    _write_on_rank_0(group, rank, lambda: full.save(path, eigenvectors=False))
     return numeric.Spectrum.load(path)
 
 
@@ -659,7 +699,7 @@ def measure_bulk(config: ResNetConfig, model, data: ImageData, spectrum: dict, o
 
 
 def estimate_noise(config: ResNetConfig, model, data: ImageData, eigenvectors, out_dir,
-                   *, progress=True) -> dict:
+                   *, progress=True, distributed=False) -> dict:
     """The minibatch noise trace :math:`T = E\\|g_B - g\\|^2` and per-mode variances.
 
     ``noise_batches`` batches of ``batch_size`` are drawn as training draws them (an
@@ -674,7 +714,16 @@ def estimate_noise(config: ResNetConfig, model, data: ImageData, eigenvectors, o
     ``mode_variance[l]`` is the sample variance of :math:`\\langle g_B, q_l\\rangle` over all
     batches (the per-mode noise :math:`\\sigma_l^2\\rho_l / S` of Assumption 5). Saved as
     ``noise.npz``; a present file is loaded.
+
+    ``distributed`` (True or a process group; every rank calls with the same arguments): the
+    pairs are dealt out to the ranks (pair ``i`` to rank ``i mod N``; every rank draws every
+    batch's indices, so the batches are those of one process), each gradient is that of a
+    whole batch of ``batch_size`` on one rank (batch statistics as in one process), and the
+    per-pair values and projections are all-reduced explicitly (``backward`` here runs outside
+    DistributedDataParallel). Each entry is filled by one rank and is zero on the others, so
+    the sum is exact: the result equals one process's. Rank 0 writes the file.
     """
+    group, rank, world = _ranks(distributed)
     path = Path(out_dir) / "noise.npz"
     candidates = [path]
     if config.pretrained is not None:
@@ -687,24 +736,32 @@ def estimate_noise(config: ResNetConfig, model, data: ImageData, eigenvectors, o
                 return stored
     samplers = [EpochSampler(data.num_samples, config.batch_size, seed=config.seed + 1000 + i)
                 for i in range(2)]
-    pair_values, projections = [], []
     vectors = torch.as_tensor(eigenvectors).to(config.device, config.torch_dtype)
+    num_pairs = config.noise_batches // 2
+    pair_values = torch.zeros(num_pairs, dtype=torch.float64, device=config.device)
+    projections = torch.zeros((num_pairs, 2, vectors.shape[0]), dtype=torch.float64,
+                              device=config.device)
     with _preserved_state(model):
         model.train()
-        for _ in _progress(range(config.noise_batches // 2), enabled=progress, desc="noise"):
+        for i in _progress(range(num_pairs), enabled=progress and rank == 0, desc="noise"):
+            indices = [sampler.next_batch() for sampler in samplers]  # on every rank
+            if i % world != rank:
+                continue
             grads = []
-            for sampler in samplers:
-                x, y = data.batch(sampler.next_batch(), device=config.device,
-                                  dtype=config.torch_dtype)
+            for j, batch in enumerate(indices):
+                x, y = data.batch(batch, device=config.device, dtype=config.torch_dtype)
                 model.zero_grad(set_to_none=True)
                 _loss_fn(model(x), y).backward()
                 grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-                projections.append((vectors @ grads[-1]).double().cpu())
+                projections[i, j] = (vectors @ grads[-1]).double()
             difference = (grads[0] - grads[1]).double()
-            pair_values.append(float(difference @ difference) / 2.0)
+            pair_values[i] = (difference @ difference) / 2.0
     model.zero_grad(set_to_none=True)
-    pair_values = np.asarray(pair_values)
-    projections = torch.stack(projections).numpy()
+    if group is not None:
+        torch.distributed.all_reduce(pair_values, group=group)
+        torch.distributed.all_reduce(projections, group=group)
+    pair_values = pair_values.cpu().numpy()
+    projections = projections.reshape(2 * num_pairs, -1).cpu().numpy()
     result = {
         "trace": np.float64(pair_values.mean()),
         "trace_stderr": np.float64(pair_values.std(ddof=1) / math.sqrt(len(pair_values))),
@@ -713,7 +770,7 @@ def estimate_noise(config: ResNetConfig, model, data: ImageData, eigenvectors, o
         "mode_projections": projections,
         "settings": np.asarray(json.dumps(config.to_dict())),
     }
-    _save_npz(path, **result)
+    _write_on_rank_0(group, rank, lambda: _save_npz(path, **result))
     return result
 
 

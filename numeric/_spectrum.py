@@ -502,7 +502,7 @@ def _trace_from_quadrature(top, quadrature: LanczosQuadrature):
 
 def spectrum_from_model(model, loss_fn, batches, *, k, num_probes=30, lanczos_steps=50,
                         trace_samples=0, tol=1e-3, seed=0, dtype=None, block_size=1,
-                        eigenpairs=None, progress=False) -> Spectrum:
+                        eigenpairs=None, progress=False, distributed=False) -> Spectrum:
     r"""The :class:`Spectrum` of the training-loss Hessian of a ``torch.nn.Module``.
 
     Top ``k`` eigenpairs by :func:`numeric.hessian_eigenpairs` (residual tolerance ``tol``,
@@ -522,12 +522,20 @@ def spectrum_from_model(model, loss_fn, batches, *, k, num_probes=30, lanczos_st
     of the returned eigenvectors (default: the model's); they live on the model's device.
     ``block_size`` probes share each operator call (memory: ``block_size * (lanczos_steps +
     1)`` model-sized vectors). Raises ``TypeError``/``ValueError`` naming the argument.
+
+    ``distributed`` (``True`` or a ``torch.distributed`` process group; default ``False``):
+    ``batches`` is this rank's shard of the data, and every product (top-k eigensolver, SLQ,
+    Hutchinson) is all-reduced to the operator of the union of the shards (see
+    :mod:`numeric._hessian`). The probes come from CPU generators seeded with ``seed``, so
+    every rank draws the same ones; the products, hence the Krylov bases and the returned
+    Spectrum, are then the same on every rank and equal one process's over all the data up
+    to the order of summation. Every rank must call with the same arguments.
     """
     import torch
 
     from ._hessian import _HessianOperator, _eval_mode, hessian_eigenpairs, hutchinson_trace
 
-    operator = _HessianOperator(model, loss_fn, batches)
+    operator = _HessianOperator(model, loss_fn, batches, distributed)
     P = operator.num_params
     k = _check_int(k, "k", 0)
     if k >= P:
@@ -545,7 +553,7 @@ def spectrum_from_model(model, loss_fn, batches, *, k, num_probes=30, lanczos_st
     else:
         if eigenpairs is None:
             eigenpairs = hessian_eigenpairs(model, loss_fn, batches, k, tol=tol, dtype=dtype,
-                                            seed=seed)
+                                            seed=seed, distributed=distributed)
             hvps += eigenpairs.num_hvps
         if tuple(eigenpairs.eigenvectors.shape) != (k, P):
             raise ValueError(f"eigenpairs must hold k={k} eigenvectors of size {P}, but got "
@@ -562,7 +570,8 @@ def spectrum_from_model(model, loss_fn, batches, *, k, num_probes=30, lanczos_st
     hvps += operator.num_hvps
     if trace_samples:
         estimate = hutchinson_trace(model, loss_fn, batches, num_samples=trace_samples,
-                                    generator=torch.Generator().manual_seed(seed + 2))
+                                    generator=torch.Generator().manual_seed(seed + 2),
+                                    distributed=distributed)
         trace, trace_err = estimate.value, estimate.standard_error
         hvps += estimate.num_hvps
         trace_method = "hutchinson"

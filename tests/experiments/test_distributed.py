@@ -111,6 +111,54 @@ def _probe_vectors(model):
     return torch.randn(3, P, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
 
+# a few probes and Lanczos steps, the top k with a loose tolerance and Hutchinson's trace:
+# every path of spectrum_from_model that takes products
+SPECTRUM_ARGS = dict(k=2, tol=0.1, num_probes=3, lanczos_steps=5, trace_samples=4, seed=2)
+
+
+def _runner_problem():
+    """The ResNet-18 runner's phases on a width-4 model and 96 digits (float64)."""
+    from experiments import resnet18 as runner
+
+    config = runner.ResNetConfig(dataset="digits", num_samples=96, width=4, batch_size=16,
+                                 eigenpairs=2, hessian_samples=96, noise_batches=6,
+                                 dtype="float64", device="cpu")
+    data = runner.load_image_dataset("digits", seed=config.seed, num_samples=96)
+    # the initial draws follow torch's default dtype (float64 in this suite, float32 under
+    # torchrun): fix it so both sides build the same model
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = runner.make_model(config, data)
+    finally:
+        torch.set_default_dtype(previous)
+    return config, data, model
+
+
+def _runner_noise(config, data, model, out_dir, *, distributed=False):
+    from experiments import resnet18 as runner
+
+    vectors = torch.linalg.qr(torch.randn(sum(p.numel() for p in model.parameters()), 2,
+                                          generator=torch.Generator().manual_seed(6),
+                                          dtype=torch.float64))[0].T
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return runner.estimate_noise(config, model, data, vectors, out_dir, progress=False,
+                                 distributed=distributed)
+
+
+def _runner_batches(config, data, rank, world_size):
+    from experiments import resnet18 as runner
+
+    return runner._hessian_batches(config, data, batch_size=20, rank=rank,
+                                   world_size=world_size)
+
+
+def _runner_gradient(model, batches, group=None):
+    from experiments import resnet18 as runner
+
+    return runner._full_gradient(model, batches, group)
+
+
 RESUME_AND_SHARDED_HESSIAN = textwrap.dedent("""
     import sys
     import numpy as np
@@ -133,11 +181,20 @@ RESUME_AND_SHARDED_HESSIAN = textwrap.dedent("""
     pairs = numeric.hessian_eigenpairs(model, t._loss, shard, 2, max_hvps=24,
                                        distributed=True)
     trace = numeric.hutchinson_trace(model, t._loss, shard, num_samples=6, distributed=True)
+    spectrum = numeric.spectrum_from_model(model, t._loss, shard, distributed=True,
+                                           **t.SPECTRUM_ARGS)
     mean = ddp.all_reduce_mean(torch.tensor([float(context.rank + 1)] * 2), 1, context)
+    config, data, runner_model = t._runner_problem()
+    noise = t._runner_noise(config, data, runner_model, out + "/noise", distributed=True)
+    batches = t._runner_batches(config, data, context.rank, 2)
+    gradient = t._runner_gradient(runner_model, batches, context.group)
     if context.is_main:
         np.savez(out + "/checks.npz", hvp=hvp.numpy(), values=pairs.eigenvalues.numpy(),
                  vectors=pairs.eigenvectors.numpy(), trace=trace.value, mean=mean.numpy(),
-                 world=context.world_size,
+                 world=context.world_size, spectrum_values=spectrum.eigenvalues,
+                 spectrum_nodes=spectrum.bulk_nodes, spectrum_weights=spectrum.bulk_weights,
+                 spectrum_trace=spectrum.trace, noise_pairs=noise["pair_values"],
+                 noise_projections=noise["mode_projections"], gradient=gradient.numpy(),
                  **{{"record_" + k: v for k, v in record.items()}})
     ddp.shutdown(context)
 """)
@@ -204,6 +261,47 @@ def test_sharded_hessian_routines_equal_one_process(killed_and_resumed):
     trace = numeric.hutchinson_trace(model, _loss, batches, num_samples=6)
     np.testing.assert_allclose(float(checks["trace"]), trace.value, rtol=RTOL)
     np.testing.assert_allclose(checks["mean"], [1.5, 1.5], rtol=1e-15)
+
+
+def test_sharded_spectrum_from_model_equals_one_process(killed_and_resumed):
+    """Same probes on both sides (seeded CPU generators): the top k, the SLQ nodes and
+    weights and the trace differ only by the rounding of the products (1e-9 relative, above)
+    carried through the eigensolver, the deflation and 5 Lanczos steps with full
+    reorthogonalisation, each amplifying it by at most the inverse relative gaps of a small
+    projected problem; 1e-7 leaves a margin of 1e2 over those. (The top-k stopping test could
+    in principle flip if a residual fell within 1e-9 of tol; it is a tenth of rho_1 here.)"""
+    import numeric
+
+    *_, checks, _ = killed_and_resumed
+    x, y = _hvp_data()
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, len(x), 64)]
+    spectrum = numeric.spectrum_from_model(_hvp_model(), _loss, batches, **SPECTRUM_ARGS)
+    np.testing.assert_allclose(checks["spectrum_values"], spectrum.eigenvalues, rtol=1e-7)
+    scale = np.abs(spectrum.bulk_nodes).max()
+    np.testing.assert_allclose(checks["spectrum_nodes"], spectrum.bulk_nodes, rtol=1e-7,
+                               atol=1e-7 * scale)
+    np.testing.assert_allclose(checks["spectrum_weights"], spectrum.bulk_weights, rtol=1e-7,
+                               atol=1e-7 * spectrum.bulk_weights.sum())
+    np.testing.assert_allclose(float(checks["spectrum_trace"]), spectrum.trace, rtol=1e-7)
+
+
+def test_sharded_noise_trace_and_gradient_equal_one_process(killed_and_resumed, tmp_path):
+    """The runner's noise trace with its pairs dealt to 2 ranks: each gradient is one whole
+    batch's on one rank and the all-reduce adds zeros, so the values equal this process's up
+    to the rounding of the same gradient computed in another process (1e-9 relative, above).
+    The full-batch gradient over whole batches dealt to the ranks: a reordered sum of 5
+    batches, within the same bound."""
+    *_, checks, _ = killed_and_resumed
+    config, data, model = _runner_problem()
+    noise = _runner_noise(config, data, model, tmp_path)
+    assert noise["pair_values"].shape == (3,) and noise["mode_projections"].shape == (6, 2)
+    np.testing.assert_allclose(checks["noise_pairs"], noise["pair_values"], rtol=RTOL)
+    projections = noise["mode_projections"]
+    np.testing.assert_allclose(checks["noise_projections"], projections, rtol=RTOL,
+                               atol=RTOL * np.abs(projections).max())
+    gradient = _runner_gradient(model, _runner_batches(config, data, 0, 1)).numpy()
+    np.testing.assert_allclose(checks["gradient"], gradient, rtol=RTOL,
+                               atol=RTOL * np.abs(gradient).max())
 
 
 def test_single_process_helpers_are_the_identity(monkeypatch):
