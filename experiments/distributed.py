@@ -27,7 +27,9 @@ checkpoint on resume. Hessian-vector products, Lanczos, SLQ and Hutchinson shard
 across ranks through ``distributed=True`` of :mod:`numeric` (``numeric/_hessian.py``): each
 rank passes its shard and the products are all-reduced explicitly, because
 ``torch.autograd.grad`` does not fire DistributedDataParallel's hooks;
-:func:`all_reduce_mean` does the same for other sample averages (the noise trace).
+:func:`all_reduce_mean` does the same for other sample averages. The ResNet-18 runner's
+spectrum, bulk and noise-trace phases take ``distributed`` the same way
+(:func:`run_resnet18_ddp`).
 
 Launch with torchrun, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
 ``MASTER_PORT``::

@@ -387,7 +387,9 @@ def test_resnet18_runner_on_two_gloo_ranks_follows_one_process(tmp_path):
     """``torchrun -m experiments.distributed resnet18``: the resumed phase of the ResNet-18
     runner (width 4, BatchNorm over the global batch) on 2 ranks against the runner in one
     process. Same tolerance as above for float64 quantities; the recorded loss is the runner's
-    float32 copy of the minibatch loss, so it agrees to float32 rounding (2^-23 ~ 1.2e-7)."""
+    float32 copy of the minibatch loss, so it agrees to float32 rounding (2^-23 ~ 1.2e-7). The
+    spectrum, bulk and noise phases, sharded across the 2 ranks, against the same phases of
+    the single process."""
     pytest.importorskip("experiments.resnet18")
     from experiments.resnet18 import load_run_trajectory
 
@@ -407,3 +409,18 @@ def test_resnet18_runner_on_two_gloo_ranks_follows_one_process(tmp_path):
         np.testing.assert_allclose(np.asarray(two[key]), expected, rtol=RTOL,
                                    atol=RTOL * np.abs(expected).max(), err_msg=key)
     np.testing.assert_allclose(np.asarray(two["loss"]), np.asarray(one["loss"]), rtol=2.4e-7)
+    # the spectrum, bulk and noise phases ran on both ranks with sharded data: the top k and
+    # the SLQ bulk within the eigensolver bound above (1e-7), the noise trace's pairs (each
+    # one batch's gradients on one rank) within RTOL
+    import numeric
+
+    spectra = [torch.load(tmp_path / run / "spectrum.pt", weights_only=True)
+               for run in ("two", "one")]
+    np.testing.assert_allclose(spectra[0]["eigenvalues"].numpy(),
+                               spectra[1]["eigenvalues"].numpy(), rtol=1e-7)
+    np.testing.assert_allclose(spectra[0]["trace"], spectra[1]["trace"], rtol=1e-7)
+    bulks = [numeric.Spectrum.load(tmp_path / run / "spectrum_bulk.npz") for run in ("two", "one")]
+    np.testing.assert_allclose(bulks[0].bulk_nodes, bulks[1].bulk_nodes, rtol=1e-7,
+                               atol=1e-7 * np.abs(bulks[1].bulk_nodes).max())
+    noises = [np.load(tmp_path / run / "noise.npz", allow_pickle=False) for run in ("two", "one")]
+    np.testing.assert_allclose(noises[0]["pair_values"], noises[1]["pair_values"], rtol=RTOL)
