@@ -707,7 +707,7 @@ def train_and_record_ddp(config, model, data, spectrum: dict, pretrained_state: 
         if window is not None:
             window.close()
         tracker.flush(folders["extras"])
-        runner._atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
+        atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
     context.barrier()
 
 

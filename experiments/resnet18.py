@@ -51,9 +51,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +59,7 @@ import numpy as np
 import torch
 
 import numeric
+from numeric._io import atomic_write
 
 from .compare import Comparison
 from .vision import (IMAGE_DATASETS, STEMS, EpochSampler, ImageData, accuracy, augment_batch,
@@ -256,25 +255,8 @@ _BULK_KEYS = _SPECTRUM_KEYS + ("slq_probes", "slq_steps")
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path, write):
-    """Write through a temporary file in the same folder, fsync, then ``os.replace``: a killed
-    run leaves the old file or the complete new one, never a partial one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _save_torch(path, obj):
-    _atomic_write(path, lambda stream: torch.save(obj, stream))
+    atomic_write(path, lambda stream: torch.save(obj, stream))
 
 
 def _load_torch(path, device="cpu"):
@@ -282,7 +264,7 @@ def _load_torch(path, device="cpu"):
 
 
 def _save_npz(path, **arrays):
-    _atomic_write(path, lambda stream: np.savez(stream, **arrays))
+    atomic_write(path, lambda stream: np.savez(stream, **arrays))
 
 
 def _load_npz(path):
@@ -294,7 +276,7 @@ def _save_json(path, obj):
     from .report import to_jsonable
 
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False).encode()
-    _atomic_write(path, lambda stream: stream.write(text))
+    atomic_write(path, lambda stream: stream.write(text))
 
 
 def _check_settings(stored: dict, config: ResNetConfig, keys, what):
@@ -958,7 +940,7 @@ def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dic
     if window is not None:
         window.close()
     tracker.flush(folders["extras"])
-    _atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
+    atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
     return load_run_trajectory(out_dir)
 
 
@@ -1304,7 +1286,7 @@ def run_resnet18(config: ResNetConfig, out_dir=None, *, resume=False, progress=T
         "comparisons": [row.to_dict() for row in rows],
     }
     _save_json(out_dir / "summary.json", summary)
-    _atomic_write(out_dir / "report.md", lambda stream: stream.write(_report(summary).encode()))
+    atomic_write(out_dir / "report.md", lambda stream: stream.write(_report(summary).encode()))
     return summary
 
 
