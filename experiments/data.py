@@ -24,6 +24,7 @@ Data sets:
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +151,32 @@ def load_digits(*, seed: int = 0, num_samples: int | None = None) -> RegressionD
                            info={"source": "sklearn.datasets.load_digits"})
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what a CIFAR-10 python batch holds: dicts, lists, bytes, numbers and
+    NumPy arrays. Any other global (a function a crafted file would call) is refused, so a
+    batch file from elsewhere cannot run code when it is read."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy.core.numeric", "_frombuffer"),  # arrays under protocol 5
+                ("numpy._core.numeric", "_frombuffer"),
+                ("_codecs", "encode")}  # how protocol 2 writes Python 3 bytes
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR-10 batch "
+                                         f"holds only dicts, lists, bytes and NumPy arrays")
+        if name in ("_reconstruct", "_frombuffer"):  # NumPy's own array reconstructors
+            return np.empty(1).__reduce_ex__(5 if name == "_frombuffer" else 2)[0]
+        if name == "scalar":
+            return np.int64(0).__reduce__()[0]  # NumPy's scalar reconstructor
+        if module == "_codecs":
+            return codecs.encode
+        return getattr(np, name)
+
+
 def _read_cifar_batch(path: Path):
     if not path.is_file():
         raise FileNotFoundError(
@@ -157,7 +184,7 @@ def _read_cifar_batch(path: Path):
             f"{', '.join(CIFAR10_FILES)} in that directory")
     try:
         with path.open("rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = _ArrayUnpickler(handle, encoding="bytes").load()
     except Exception as err:  # noqa: BLE001 -- any unpickling failure means a malformed file
         raise ValueError(f"CIFAR-10 file {path} is not a readable python pickle "
                          f"({type(err).__name__}: {err})") from err
@@ -182,7 +209,9 @@ def load_cifar10(data_dir, *, seed: int = 0, num_samples: int | None = None,
     """CIFAR-10 from a local directory of the standard python pickle batches (d = 3072).
 
     Each file is a pickled dict with ``b"data"`` (uint8, ``(N, 3072)``) and ``b"labels"``
-    (N integers in [0, 9]). Raises FileNotFoundError naming a missing file and ValueError
+    (N integers in [0, 9]). The files are read by a restricted unpickler that builds only
+    dicts, lists, bytes, numbers and NumPy arrays and refuses any other global, so a file from
+    elsewhere cannot run code. Raises FileNotFoundError naming a missing file and ValueError
     naming a malformed one and what was expected.
     """
     if data_dir is None:

@@ -43,7 +43,7 @@ def test_cifar10_reads_the_python_batches(tmp_path, rng):
     data = load_cifar10(tmp_path, seed=3)
     assert data.X.shape == (6 * 7, 3072)
     assert data.Y.shape == (6 * 7, 10)
-    raw = np.concatenate([pickle.load(open(tmp_path / n, "rb"), encoding="bytes")[b"data"]
+    raw = np.concatenate([pickle.loads((tmp_path / n).read_bytes(), encoding="bytes")[b"data"]
                           for n in CIFAR10_FILES]).astype(float)
     assert_standardized(data.X, raw, data.info["input_scale"])
     np.testing.assert_array_equal(data.Y.sum(1), 1.0)  # sums of one 1.0 and zeros: exact
@@ -69,6 +69,32 @@ def test_cifar10_malformed_file_is_named(tmp_path, rng, corrupt, message):
     _write_cifar(tmp_path, rng, override={"test_batch": corrupt})
     with pytest.raises(ValueError, match=f"test_batch.*{message}"):
         load_cifar10(tmp_path)
+
+
+class _RunsCode:
+    """What a crafted batch file could hold: a pickle that calls a function when it is read."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar10_batches_are_read_without_running_code(tmp_path, rng, capsys, protocol):
+    def crafted(batch):
+        return batch | {b"batch_label": _RunsCode()}
+
+    _write_cifar(tmp_path, rng, override={"data_batch_2": crafted})
+    refused = r"data_batch_2 .*refused global (builtins|__builtin__)\.print"
+    with pytest.raises(ValueError, match=refused):
+        load_cifar10(tmp_path)
+    assert "must never run" not in capsys.readouterr().out
+    # the honest files, whatever the protocol, still read
+    for name in CIFAR10_FILES:
+        batch = pickle.loads((tmp_path / name).read_bytes(), encoding="bytes") \
+            if name != "data_batch_2" else {b"data": np.zeros((7, 3072), np.uint8),
+                                            b"labels": [0] * 7}
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=protocol))
+    assert load_cifar10(tmp_path).X.shape == (42, 3072)
 
 
 def test_cifar10_not_a_pickle(tmp_path, rng):
