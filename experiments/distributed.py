@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -613,109 +612,12 @@ def run_resnet18_ddp(config, out_dir, *, resume: bool = False, progress: bool = 
 def train_and_record_ddp(config, model, data, spectrum: dict, pretrained_state: dict, out_dir,
                          *, resume=False, progress=True,
                          context: DistributedContext) -> None:
-    """The resumed SGD phase of :func:`experiments.resnet18.train_and_record` on every rank:
-    the same files (``trajectory/``, ``window/``, ``extras/``, ``snapshots/``,
-    ``train_state.pt``, ``trajectory.done``), written by rank 0, with the same global batches
-    (one :class:`experiments.vision.EpochSampler` for the global batch on every rank, each rank
-    keeping rows ``r, r + N, ...``: the ``DistributedSampler`` rule), the gradient averaged by
-    DistributedDataParallel and BatchNorm over the global batch. Every rank resumes from
-    ``train_state.pt``. The recorded loss is the global batch's (all-reduced)."""
+    """The resumed SGD phase on every rank: :func:`experiments.resnet18.train_and_record` with
+    ``context`` (the same files, written by rank 0, with the same global batches)."""
     from . import resnet18 as runner
-    from .vision import EpochSampler
 
-    out_dir = Path(out_dir)
-    folders = {name: out_dir / name for name in ("trajectory", "window", "extras", "snapshots")}
-    if (out_dir / "trajectory.done").exists():
-        return
-    main_rank = context.is_main
-    if main_rank:
-        for folder in folders.values():
-            folder.mkdir(parents=True, exist_ok=True)
-    start_flat = runner._flat(model).clone()
-    tracker = runner._ScaleInvariantTracker(model, start_flat=start_flat) if main_rank else None
-    network = wrap_model(model, context)
-    module = network.module
-    optimizer = runner.make_optimizer(module, eta=config.eta, beta=config.beta, lam=config.lam)
-    if config.carry_momentum:
-        optimizer.load_state_dict(pretrained_state["optimizer"])
-        for group in optimizer.param_groups:
-            group.update(lr=config.eta, momentum=config.beta, weight_decay=config.lam)
-    sampler = EpochSampler(data.num_samples, config.batch_size, seed=config.seed + 1)
-    state_file = out_dir / "train_state.pt"
-    step = 0
-    if state_file.exists():
-        if not resume:
-            raise ValueError(f"{out_dir} holds a resumed run in progress; pass resume=True "
-                             f"(--resume) to continue it, or use a new output folder")
-        state = runner._load_torch(state_file, context.device)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        step = int(state["step"])
-    w0, every = config.window_start, config.checkpoint_every
-    settings = {**config.to_dict(), "S": config.batch_size}
-    recorder = window = None
-    if main_rank:
-        runner._drop_chunks_after(folders["trajectory"], step)
-        runner._drop_chunks_after(folders["extras"], step)
-        runner._drop_chunks_after(folders["window"], step, offset=w0)
-        directions = spectrum["eigenvectors"].to(context.device, config.torch_dtype)
-        recorder = numeric_recorder(optimizer, directions=directions, reference=start_flat,
-                                    path=folders["trajectory"], chunk_size=every,
-                                    settings=settings)
-        if step >= w0:
-            window = numeric_recorder(optimizer, path=folders["window"], chunk_size=every,
-                                      settings=settings)
-        runner._save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
-    snapshots = set(config.snapshot_steps)
-    if main_rank and step == 0 and 0 in snapshots:
-        runner._save_torch(folders["snapshots"] / "step_0.pt", start_flat.cpu())
-    steps = runner._progress(range(step, config.steps), enabled=progress and main_rank,
-                             desc=f"resumed SGD x{context.world_size} ranks",
-                             total=config.steps, initial=step)
-    for k in steps:
-        x, y = runner._training_batch(config, data, sampler, config.seed + 29)
-        x, y = x[context.rank::context.world_size], y[context.rank::context.world_size]
-        local = runner.sgd_step(network, optimizer, x, y, amp=config.amp)
-        loss = all_reduce_mean(local.double() * len(y), len(y), context).reshape(())
-        done = k + 1
-        if main_rank:
-            recorder.record(loss)
-            if window is not None:
-                window.record(loss)
-            tracker.record(done)
-            if done in snapshots:
-                runner._save_torch(folders["snapshots"] / f"step_{done}.pt",
-                                   runner._flat(module).cpu())
-        if done % every == 0:
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"the resumed run diverged (loss {float(loss)} at "
-                                         f"step {done}); lower eta (got {config.eta})")
-            if main_rank:
-                recorder.flush()
-                if window is not None:
-                    window.flush()
-                tracker.flush(folders["extras"])
-            on_main(context, runner._save_torch, state_file,
-                    {"model": module.state_dict(), "optimizer": optimizer.state_dict(),
-                     "sampler": sampler.state_dict(), "step": done})
-            if main_rank and done == w0 and window is None:
-                window = numeric_recorder(optimizer, path=folders["window"], chunk_size=every,
-                                          settings=settings)
-    if main_rank:
-        recorder.close()
-        if window is not None:
-            window.close()
-        tracker.flush(folders["extras"])
-        atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
-    context.barrier()
-
-
-def numeric_recorder(optimizer, **kwargs):
-    """``numeric.TrajectoryRecorder`` (imported here: rank 0 alone records)."""
-    import numeric
-
-    return numeric.TrajectoryRecorder(optimizer, **kwargs)
+    runner.train_and_record(config, model, data, spectrum, pretrained_state, out_dir,
+                            resume=resume, progress=progress, context=context)
 
 
 def main(argv=None) -> int:

@@ -855,7 +855,8 @@ def load_run_trajectory(out_dir) -> dict:
 
 
 def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dict,
-                     pretrained_state: dict, out_dir, *, resume=False, progress=True) -> dict:
+                     pretrained_state: dict, out_dir, *, resume=False, progress=True,
+                     context=None) -> dict | None:
     """Resume SGD from the pretrained point and record every step (module docstring, phase 4).
 
     ``model`` holds :math:`\\theta^*`. Files under ``out_dir``: ``trajectory/`` (recorder with
@@ -864,84 +865,118 @@ def train_and_record(config: ResNetConfig, model, data: ImageData, spectrum: dic
     (checkpoint: model, optimizer, sampler, step), ``snapshots/step_<k>.pt`` (flat
     parameters at ``snapshot_steps``). With ``resume`` a checkpoint is continued; chunks
     written after it are dropped and recomputed. Returns :func:`load_run_trajectory`.
+
+    With ``context`` (:class:`experiments.distributed.DistributedContext`, under torchrun)
+    every rank runs the same global batches (one sampler for the global batch, each rank
+    keeping rows ``r, r + N, ...``: the ``DistributedSampler`` rule), the gradient averaged by
+    DistributedDataParallel and batch norm over the global batch; rank 0 records and writes
+    the same files, every rank resumes from ``train_state.pt``, and the recorded loss is the
+    global batch's (all-reduced). Ranks other than 0 return None.
     """
     out_dir = Path(out_dir)
+    main = context is None or context.is_main
     folders = {name: out_dir / name for name in ("trajectory", "window", "extras", "snapshots")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
     if (out_dir / "trajectory.done").exists():
-        return load_run_trajectory(out_dir)
-    optimizer = make_optimizer(model, eta=config.eta, beta=config.beta, lam=config.lam)
+        return load_run_trajectory(out_dir) if main else None
+    if main:
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+    start_flat = _flat(model).clone()
+    tracker = _ScaleInvariantTracker(model, start_flat=start_flat) if main else None
+    if context is None:
+        network = module = model
+        device = config.device
+
+        def write(function, *args):
+            function(*args)
+    else:
+        from .distributed import all_reduce_mean, on_main, wrap_model
+
+        network = wrap_model(model, context)
+        module, device = network.module, context.device
+
+        def write(function, *args):
+            on_main(context, function, *args)
+    optimizer = make_optimizer(module, eta=config.eta, beta=config.beta, lam=config.lam)
     if config.carry_momentum:
         optimizer.load_state_dict(pretrained_state["optimizer"])
         for group in optimizer.param_groups:
             group.update(lr=config.eta, momentum=config.beta, weight_decay=config.lam)
     sampler = EpochSampler(data.num_samples, config.batch_size, seed=config.seed + 1)
-    start_flat = _flat(model).clone()
     state_file = out_dir / "train_state.pt"
     step = 0
     if state_file.exists():
         if not resume:
             raise ValueError(f"{out_dir} holds a resumed run in progress; pass resume=True "
                              f"(--resume) to continue it, or use a new output folder")
-        state = _load_torch(state_file, config.device)
-        model.load_state_dict(state["model"])
+        state = _load_torch(state_file, device)
+        module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state_dict(state["sampler"])
         step = int(state["step"])
-    w0 = config.window_start
-    _drop_chunks_after(folders["trajectory"], step)
-    _drop_chunks_after(folders["extras"], step)
-    _drop_chunks_after(folders["window"], step, offset=w0)
-    every = config.checkpoint_every
-    directions = spectrum["eigenvectors"].to(config.device, config.torch_dtype)
+    w0, every = config.window_start, config.checkpoint_every
     # the trajectory folders carry the run's settings in their manifests: a resume with other
     # settings raises numeric.TrajectoryMismatchError (a ValueError)
     settings = {**config.to_dict(), "S": config.batch_size}
-    recorder = numeric.TrajectoryRecorder(optimizer, directions=directions,
-                                          reference=start_flat, path=folders["trajectory"],
-                                          chunk_size=every, settings=settings)
-    window = None
-    if step >= w0:
-        window = numeric.TrajectoryRecorder(optimizer, path=folders["window"], chunk_size=every,
-                                            settings=settings)
-    tracker = _ScaleInvariantTracker(model, start_flat=start_flat)
-    _save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
+    recorder = window = None
+    if main:
+        _drop_chunks_after(folders["trajectory"], step)
+        _drop_chunks_after(folders["extras"], step)
+        _drop_chunks_after(folders["window"], step, offset=w0)
+        directions = spectrum["eigenvectors"].to(device, config.torch_dtype)
+        recorder = numeric.TrajectoryRecorder(optimizer, directions=directions,
+                                              reference=start_flat, path=folders["trajectory"],
+                                              chunk_size=every, settings=settings)
+        if step >= w0:
+            window = numeric.TrajectoryRecorder(optimizer, path=folders["window"],
+                                                chunk_size=every, settings=settings)
+        _save_json(out_dir / "scale_invariant.json", {"layer_names": tracker.names})
     snapshots = set(config.snapshot_steps)
-    if step == 0 and 0 in snapshots:
+    if main and step == 0 and 0 in snapshots:
         _save_torch(folders["snapshots"] / "step_0.pt", start_flat.cpu())
-    steps = _progress(range(step, config.steps), enabled=progress, desc="resumed SGD",
-                      total=config.steps, initial=step)
+    ranks = "" if context is None else f" x{context.world_size} ranks"
+    steps = _progress(range(step, config.steps), enabled=progress and main,
+                      desc=f"resumed SGD{ranks}", total=config.steps, initial=step)
     for k in steps:
         x, y = _training_batch(config, data, sampler, config.seed + 29)
-        loss = sgd_step(model, optimizer, x, y, amp=config.amp)
-        recorder.record(loss)
-        if window is not None:
-            window.record(loss)
+        if context is None:
+            loss = sgd_step(model, optimizer, x, y, amp=config.amp)
+        else:
+            x, y = x[context.rank::context.world_size], y[context.rank::context.world_size]
+            local = sgd_step(network, optimizer, x, y, amp=config.amp)
+            loss = all_reduce_mean(local.double() * len(y), len(y), context).reshape(())
         done = k + 1
-        tracker.record(done)
-        if done in snapshots:
-            _save_torch(folders["snapshots"] / f"step_{done}.pt", _flat(model).cpu())
+        if main:
+            recorder.record(loss)
+            if window is not None:
+                window.record(loss)
+            tracker.record(done)
+            if done in snapshots:
+                _save_torch(folders["snapshots"] / f"step_{done}.pt", _flat(module).cpu())
         if done % every == 0:
             if not math.isfinite(float(loss)):
                 raise FloatingPointError(f"the resumed run diverged (loss {float(loss)} at "
                                          f"step {done}); lower eta (got {config.eta})")
-            recorder.flush()
-            if window is not None:
-                window.flush()
-            tracker.flush(folders["extras"])
-            _save_torch(state_file, {"model": model.state_dict(),
-                                     "optimizer": optimizer.state_dict(),
-                                     "sampler": sampler.state_dict(), "step": done})
-            if done == w0 and window is None:
+            if main:
+                recorder.flush()
+                if window is not None:
+                    window.flush()
+                tracker.flush(folders["extras"])
+            write(_save_torch, state_file, {"model": module.state_dict(),
+                                            "optimizer": optimizer.state_dict(),
+                                            "sampler": sampler.state_dict(), "step": done})
+            if main and done == w0 and window is None:
                 window = numeric.TrajectoryRecorder(optimizer, path=folders["window"],
                                                     chunk_size=every, settings=settings)
-    recorder.close()
-    if window is not None:
-        window.close()
-    tracker.flush(folders["extras"])
-    atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
-    return load_run_trajectory(out_dir)
+    if main:
+        recorder.close()
+        if window is not None:
+            window.close()
+        tracker.flush(folders["extras"])
+        atomic_write(out_dir / "trajectory.done", lambda stream: stream.write(b"done\n"))
+    if context is not None:
+        context.barrier()
+    return load_run_trajectory(out_dir) if main else None
 
 
 # --------------------------------------------------------------------------------------------
