@@ -204,6 +204,20 @@ def _read_cifar_batch(path: Path):
     return data, labels
 
 
+def read_cifar10_batches(data_dir, files=CIFAR10_FILES):
+    """The uint8 pixel rows ``(N, 3072)`` and labels ``(N,)`` of the CIFAR-10 python batches
+    ``files`` in the local directory ``data_dir``, concatenated in that order (errors as
+    :func:`load_cifar10`)."""
+    if data_dir is None:
+        raise ValueError("the cifar10 data set needs --data-dir: a directory holding the "
+                         f"python-pickle batches {', '.join(files)}")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"CIFAR-10 directory {data_dir} does not exist")
+    parts = [_read_cifar_batch(data_dir / name) for name in files]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def load_cifar10(data_dir, *, seed: int = 0, num_samples: int | None = None,
                  files=CIFAR10_FILES) -> RegressionData:
     """CIFAR-10 from a local directory of the standard python pickle batches (d = 3072).
@@ -214,15 +228,9 @@ def load_cifar10(data_dir, *, seed: int = 0, num_samples: int | None = None,
     elsewhere cannot run code. Raises FileNotFoundError naming a missing file and ValueError
     naming a malformed one and what was expected.
     """
-    if data_dir is None:
-        raise ValueError("the cifar10 data set needs --data-dir: a directory holding the "
-                         f"python-pickle batches {', '.join(CIFAR10_FILES)}")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 directory {data_dir} does not exist")
-    parts = [_read_cifar_batch(data_dir / name) for name in files]
-    X = np.concatenate([p[0] for p in parts]).astype(np.float64)
-    labels = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    data, labels = read_cifar10_batches(data_dir, files)
+    X = data.astype(np.float64)
+    labels = labels.astype(np.int64)
     return _classification("cifar10", X, labels, seed=seed, num_samples=num_samples,
                            info={"source": f"CIFAR-10 python batches ({', '.join(files)})"})
 

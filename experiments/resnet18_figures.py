@@ -20,6 +20,12 @@ FIGURES = ("resnet18_fig1_displacement.png", "resnet18_fig7_exponent_window.png"
            "resnet18_fig5_phase_space.png")
 
 
+def _save(plt, fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _pyplot():
     import matplotlib
 
@@ -96,9 +102,7 @@ def fig1_displacement(config, trajectory, measurements, path):
     ax.set_ylabel("squared displacement")
     ax.set_title("scale-invariant conv weights")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def fig7_exponent_window(config, trajectory, path):
@@ -115,9 +119,7 @@ def fig7_exponent_window(config, trajectory, path):
     ax.set_xlabel("fitted fraction of the run (from its end)")
     ax.set_ylabel("fitted exponent c")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def fig3_landscape(config, trajectory, plane, path):
@@ -137,9 +139,7 @@ def fig3_landscape(config, trajectory, plane, path):
         ax.set_xlabel(r"$\langle\theta - \theta^*, q_1\rangle$")
         ax.set_ylabel(rf"$\langle\theta - \theta^*, q_{{{k + 1}}}\rangle$")
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def fig4_velocity(config, trajectory, spectrum, path):
@@ -159,9 +159,7 @@ def fig4_velocity(config, trajectory, spectrum, path):
     ax.set_xlabel(r"$\eta\langle v, q_1\rangle$")
     ax.set_ylabel(rf"$\eta\langle v, q_{{{k + 1}}}\rangle$")
     ax.set_title(r"velocity vs contours of $\Psi_v \propto v^\top H^{-1} v$")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def fig5_phase_space(config, trajectory, measurements, path):
@@ -182,9 +180,7 @@ def fig5_phase_space(config, trajectory, measurements, path):
         ax.set_xlabel("position")
         ax.set_ylabel(r"$\eta\,$velocity")
         fig.colorbar(points, ax=ax, label="step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def draw_all(config, trajectory, spectrum, plane, measurements, out_dir):

@@ -166,18 +166,11 @@ def _load_mnist5k(seed, num_samples):
 
 
 def _load_cifar10(data_dir, seed, num_samples):
-    from .data import CIFAR10_FILES, _read_cifar_batch
+    from .data import CIFAR10_FILES, read_cifar10_batches
 
-    if data_dir is None:
-        raise ValueError("the cifar10 data set needs --data-dir: a directory holding the "
-                         f"python batches {', '.join(CIFAR10_FILES[:5])}")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 directory {data_dir} does not exist")
     files = CIFAR10_FILES[:5]
-    parts = [_read_cifar_batch(data_dir / name) for name in files]
-    pixels = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
-    labels = np.concatenate([p[1] for p in parts])
+    data, labels = read_cifar10_batches(data_dir, files)
+    pixels = data.reshape(-1, 3, 32, 32)
     return _finish("cifar10", pixels, labels, 1.0 / 255.0, seed=seed, num_samples=num_samples,
                    info={"source": f"CIFAR-10 python batches ({', '.join(files)})"})
 
